@@ -1,0 +1,3 @@
+from lrl.cli import app
+
+app(prog_name="lrl")
