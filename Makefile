@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/lrl demo
+	$(VENV)/bin/lrl doctor   # placeholder until `lrl demo` lands (issue 8)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
