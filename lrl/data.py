@@ -1,0 +1,576 @@
+"""Data preparation: a Common Voice folder, a TSV/CSV/JSONL manifest or a folder of audio + same-named .txt
+becomes a 16 kHz `datasets.DatasetDict` on disk (splits train/dev/test, columns id, audio, text, sentence,
+duration, speaker + source metadata), with the vocabulary in DIR/vocab. Every input row is kept or listed
+in DIR/skipped.tsv with its reason; DIR/summary.json holds the counts and an input fingerprint so that a
+rerun on identical inputs reuses the output. Output is written to DIR.tmp-<pid> and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lrl.audio import SAMPLE_RATE, AudioError, load_audio
+from lrl.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
+from lrl.text import Normalizer, NormalizerConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the output layout changes: old outputs are then not reused
+SUMMARY_FILE = "summary.json"
+SKIPPED_FILE = "skipped.tsv"
+VOCAB_DIR = "vocab"
+CV_TABLES = ("train", "dev", "test", "validated", "other", "invalidated")
+AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a", ".webm")
+AUDIO_COLUMNS = ("path", "audio", "audio_path", "audio_filepath", "file", "filename", "wav", "clip")
+TEXT_COLUMNS = ("sentence", "text", "transcript", "transcription", "normalized_text", "label")
+SPEAKER_COLUMNS = ("client_id", "speaker", "speaker_id")
+CORE_COLUMNS = ("id", "audio", "text", "sentence", "duration", "speaker")
+RENAMED_COLUMNS = {"accent": "accents"}  # old CV releases: one schema for all
+# Duplicates keep the copy in the most protected split: a clip in both train and test stays in test.
+SPLIT_PRIORITY = ("test", "dev", "train")
+WRITE_BATCH = 64  # rows per Arrow record batch
+ARROW_FILE = "data-00000-of-00001.arrow"  # the layout of Dataset.save_to_disk, written directly (no copy)
+
+OovPolicy = Literal["drop", "unk"]
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What `prepare` keeps. Saved in summary.json; all fields but num_proc enter the input fingerprint."""
+
+    splits: tuple[str, ...] = ("train", "dev", "test")  # output splits (CV: <split>.tsv; manifests: `split` column)
+    train_from_validated: bool = False  # CV: train = validated.tsv minus dev/test clips and sentences
+    min_duration: float = 1.0  # seconds; shorter clips carry too little speech for CTC
+    max_duration: float = 20.0  # seconds; longer clips blow up attention memory on CPU/GPU
+    max_chars_per_second: float = 25.0  # label length bound: CTC needs >= 1 frame (20 ms) per label
+    oov: OovPolicy = "drop"  # transcripts with characters outside the vocab: drop the row or keep ([UNK])
+    check_votes: bool = True  # CV: skip rows with down_votes >= up_votes (when any votes are cast)
+    language: str | None = None  # ISO 639 code for the normaliser when the vocab is built here; card metadata
+    licence: str | None = None  # licence of the corpus (card metadata), e.g. cc0-1.0
+    text_column: str | None = None  # manifests: transcript column (default: first of TEXT_COLUMNS)
+    audio_column: str | None = None  # manifests: audio path column (default: first of AUDIO_COLUMNS)
+    num_proc: int = 1  # decoding worker processes
+    overwrite: bool = False  # replace an existing output prepared from other inputs
+
+    def __post_init__(self) -> None:
+        if not self.splits or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must be distinct names such as ('train', 'dev', 'test'), got {self.splits!r}")
+        if not 0 <= self.min_duration < self.max_duration:
+            raise ValueError(
+                f"min_duration must be in [0, max_duration={self.max_duration}) s, got {self.min_duration}"
+            )
+        if self.max_chars_per_second <= 0:
+            raise ValueError(f"max_chars_per_second must be > 0, got {self.max_chars_per_second}")
+        if self.oov not in ("drop", "unk"):
+            raise ValueError(f"oov must be 'drop' or 'unk', got {self.oov!r}")
+        if self.num_proc < 1:
+            raise ValueError(f"num_proc must be >= 1, got {self.num_proc}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Row:
+    split: str
+    id: str
+    path: str  # as written in the source
+    sentence: str
+    speaker: str = ""
+    meta: dict = field(default_factory=dict)
+    file: Path | None = None  # resolved, inside the corpus root
+    text: str = ""
+
+
+# -- reading sources ----------------------------------------------------------------------------------
+def _pick(header: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path) -> str:
+    col = wanted or next((c for c in candidates if c in header), None)
+    if col is None or col not in header:
+        want = repr(wanted) if wanted else f"one of {list(candidates)}"
+        raise LrlError(f"{path}: no {want} {what} column; its columns are {header}. Name it with --{what}-column.")
+    return col
+
+
+def _rows_from_table(path: Path, split_of, config: PrepareConfig, cv: bool) -> list[_Row]:
+    header, table = read_table(path)
+    header = [RENAMED_COLUMNS.get(h, h) for h in header]
+    table = [{RENAMED_COLUMNS.get(k, k): v for k, v in r.items()} for r in table]
+    audio_col = "path" if cv else _pick(header, config.audio_column, AUDIO_COLUMNS, "audio", path)
+    text_col = "sentence" if cv else _pick(header, config.text_column, TEXT_COLUMNS, "text", path)
+    spk_col = next((c for c in SPEAKER_COLUMNS if c in header), None)
+    used = {audio_col, text_col, spk_col, "split", "id"}
+    meta_cols = [c for c in header if c not in used]
+    rows = []
+    for r in table:
+        rel = r.get(audio_col, "")
+        rid = r.get("id") or (Path(rel).stem if cv else str(Path(rel).with_suffix("")))
+        meta = {(f"src_{c}" if c in CORE_COLUMNS else c): r.get(c, "") for c in meta_cols}
+        rows.append(_Row(split_of(r), rid, rel, r.get(text_col, ""), r.get(spk_col, "") if spk_col else "", meta))
+    return rows
+
+
+def _read_cv(src: Path, config: PrepareConfig) -> tuple[list[_Row], list[_Row], list[Path]]:
+    """(rows to prepare, rows held out of validated, tables read)."""
+    tables, rows, held = [], [], []
+    for split in config.splits:
+        name = "validated" if (split == "train" and config.train_from_validated) else split
+        p = src / f"{name}.tsv"
+        if not p.is_file():
+            if split in ("dev", "test") or name == "validated":
+                logger.warning("%s: no %s.tsv, so no %s split", src, name, split)
+                continue
+            raise LrlError(f"{src}: no {name}.tsv; the Common Voice TSVs there are "
+                           f"{sorted(x.name for x in src.glob('*.tsv'))}. Choose others with --splits.")
+        tables.append(p)
+        rows += _rows_from_table(p, lambda r, s=split: s, config, cv=True)
+    if config.train_from_validated and "train" in config.splits:
+        eval_rows = []
+        for s in ("dev", "test"):
+            p = src / f"{s}.tsv"
+            if p.is_file():
+                if p not in tables:
+                    tables.append(p)
+                eval_rows += _rows_from_table(p, lambda r, s=s: s, config, cv=True)
+        clips = {r.path for r in eval_rows}
+        sentences = {r.sentence.strip() for r in eval_rows}
+        keep = []
+        for r in rows:
+            if r.split == "train" and (r.path in clips or r.sentence.strip() in sentences):
+                r.meta["_held"] = "clip in dev/test" if r.path in clips else "sentence in dev/test"
+                held.append(r)
+            else:
+                keep.append(r)
+        rows = keep
+    return rows, held, tables
+
+
+def _read_manifest(path: Path, config: PrepareConfig) -> list[_Row]:
+    header, _ = read_table(path)
+    has_split = "split" in header
+    default = "train" if "train" in config.splits else config.splits[0]
+    rows = _rows_from_table(path, lambda r: (r.get("split") or default) if has_split else default, config, cv=False)
+    if not has_split:
+        logger.info("%s has no 'split' column: every row goes to %s", path, default)
+    return rows
+
+
+def _read_folder(src: Path, config: PrepareConfig) -> list[_Row]:
+    """Audio files with a same-named .txt; top-level folders named after splits give the split."""
+    default = "train" if "train" in config.splits else config.splits[0]
+    rows = []
+    for p in iter_files(src, AUDIO_SUFFIXES):
+        rel = p.relative_to(src)
+        split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in config.splits else default
+        txt = p.with_suffix(".txt")
+        sentence = " ".join(read_text_lines(txt)) if txt.is_file() else None
+        row = _Row(split, str(rel.with_suffix("")), str(rel), sentence or "")
+        if sentence is None:
+            row.meta["_missing_transcript"] = "1"
+        rows.append(row)
+    return rows
+
+
+def read_source(src: str | Path, config: PrepareConfig) -> tuple[str, Path, list[_Row], list[_Row], list[Path]]:
+    """(kind, clip root, rows, held-out rows, tables read) of a CV folder, a manifest or an audio folder."""
+    src = Path(src)
+    if src.is_file():
+        if src.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
+            raise LrlError(f"{src}: expected a Common Voice folder, a .tsv/.csv/.jsonl manifest or a folder of audio")
+        return "manifest", src.parent, _read_manifest(src, config), [], [src]
+    if not src.is_dir():
+        raise LrlError(f"{src}: no such file or folder")
+    if any((src / f"{t}.tsv").is_file() for t in CV_TABLES):
+        if not (src / "clips").is_dir():
+            raise LrlError(f"{src} has Common Voice TSVs but no clips/ folder next to them")
+        rows, held, tables = _read_cv(src, config)
+        return "common_voice", src / "clips", rows, held, tables
+    rows = _read_folder(src, config)
+    if not rows:
+        raise LrlError(f"{src}: no Common Voice TSVs and no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
+    return "folder", src, rows, [], []
+
+
+# -- filters ------------------------------------------------------------------------------------------
+def _resolve(row: _Row, root: Path) -> str | None:
+    """Set row.file; returns a skip reason for paths that are empty, absolute or leave the root."""
+    if not row.path.strip():
+        return "no_path"
+    p = Path(row.path)
+    if p.is_absolute() or ".." in p.parts:
+        return "unsafe_path"
+    f = (root / p).resolve()
+    if not f.is_relative_to(root.resolve()):  # a symlink out of the corpus
+        return "unsafe_path"
+    row.file = f
+    return None
+
+
+def _votes(row: _Row) -> tuple[int, int] | None:
+    try:
+        return int(row.meta.get("up_votes", "")), int(row.meta.get("down_votes", ""))
+    except ValueError:
+        return None
+
+
+def fingerprint(config: PrepareConfig, tables: list[Path], rows: list[_Row], vocab_dir: Path | None) -> str:
+    """sha256 of the config (without num_proc/overwrite), the tables and clips read (size + mtime), the vocab."""
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in config.to_dict().items() if k not in ("num_proc", "overwrite")}
+    h.update(json.dumps({"format": FORMAT_VERSION, "config": cfg}, sort_keys=True, default=str).encode())
+    for p in [*tables, *(r.file for r in rows if r.file is not None)]:
+        try:
+            st = p.stat()
+            h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\tmissing\n".encode())
+    if vocab_dir is not None:
+        for name in ("vocab.json", "normalizer.json"):
+            f = Path(vocab_dir) / name
+            h.update(f.read_bytes() if f.is_file() else b"-")
+    return h.hexdigest()
+
+
+# -- decoding -----------------------------------------------------------------------------------------
+def _decode(path: Path):
+    """Worker: (samples, None) or (None, (reason, detail))."""
+    try:
+        return load_audio(path, SAMPLE_RATE), None
+    except AudioError as e:
+        return None, ("missing_clip" if e.reason == "missing" else e.reason, str(e))
+    except Exception as e:  # noqa: BLE001 - one odd clip must not end a run of thousands
+        return None, ("not_audio", f"{type(e).__name__}: {e}")
+
+
+def _features(meta_cols: list[str]):
+    import datasets
+
+    cols = {
+        "id": datasets.Value("string"),
+        "audio": datasets.List(datasets.Value("float32")),
+        "text": datasets.Value("string"),
+        "sentence": datasets.Value("string"),
+        "duration": datasets.Value("float64"),
+        "speaker": datasets.Value("string"),
+    }
+    cols.update({c: datasets.Value("string") for c in meta_cols})
+    return datasets.Features(cols)
+
+
+def _batch_table(batch: list[tuple[_Row, object]], features, meta_cols: list[str]):
+    import numpy as np
+    import pyarrow as pa
+
+    arrays = [a for _, a in batch]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    audio = pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(arrays), pa.float32()))
+    cols = {
+        "id": [r.id for r, _ in batch],
+        "audio": audio,
+        "text": [r.text for r, _ in batch],
+        "sentence": [r.sentence for r, _ in batch],
+        "duration": [len(a) / SAMPLE_RATE for a in arrays],
+        "speaker": [r.speaker for r, _ in batch],
+        **{c: [r.meta.get(c, "") for r, _ in batch] for c in meta_cols},
+    }
+    schema = features.arrow_schema
+    return pa.table([pa.array(cols[f.name]).cast(f.type) if not isinstance(cols[f.name], pa.Array)
+                     else cols[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def _decode_all(rows: list[_Row], num_proc: int):
+    """Yields (row, samples | None, skip | None) in input order, decoding in `num_proc` processes."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(rows), desc="decode", unit="clip", disable=None, leave=False)
+    files = [r.file for r in rows]
+    if num_proc == 1 or len(rows) < 2 * num_proc:
+        results = map(_decode, files)
+        pool = None
+    else:
+        import multiprocessing as mp
+
+        pool = mp.get_context("forkserver").Pool(num_proc)
+        results = pool.imap(_decode, files, chunksize=max(1, min(16, len(rows) // (8 * num_proc))))
+    try:
+        for row, (samples, skip) in zip(rows, results):
+            bar.update()
+            yield row, samples, skip
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+# -- the whole preparation ----------------------------------------------------------------------------
+def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = None,
+            vocab_dir: str | Path | None = None) -> dict:
+    """Prepare `src` into the dataset directory `out`; returns the summary (also in out/summary.json).
+    A finished `out` with the same input fingerprint is reused without decoding again."""
+    from lrl.vocab import Vocab, build_vocab
+
+    config = config or PrepareConfig()
+    src, out = Path(src), Path(out)
+    kind, root, rows, held, tables = read_source(src, config)
+    unknown = sorted({r.split for r in rows} - set(config.splits))
+    if unknown:
+        logger.warning("rows of splits %s are not prepared (choose them with --splits)", unknown)
+    rows_out = [r for r in rows if r.split in config.splits]
+    skipped: list[tuple[_Row, str, str]] = [(r, "not_selected_split", r.split) for r in rows if r.split not in config.splits]
+    skipped += [(r, "held_out", r.meta.pop("_held")) for r in held]
+    pending = []
+    for r in rows_out:
+        reason = _resolve(r, root)
+        if reason:
+            skipped.append((r, reason, r.path))
+        else:
+            pending.append(r)
+
+    fp = fingerprint(config, tables, pending, Path(vocab_dir) if vocab_dir else None)
+    reused = _reuse(out, fp, config.overwrite)
+    if reused is not None:
+        return reused
+    _clean_stale_tmp(out)
+
+    if vocab_dir is not None:
+        vocab, vocab_source = Vocab.load(vocab_dir), str(vocab_dir)
+    else:
+        train = [r.sentence for r in pending if r.split == "train"]
+        if not train:
+            raise LrlError(f"{src}: no train rows to build the vocabulary from; pass --vocab DIR or include train in --splits")
+        vocab = build_vocab(train, NormalizerConfig(language=config.language)).vocab
+        vocab_source = f"built from {len(train)} train transcripts"
+
+    candidates, seen, oov_unk = [], {}, 0
+    normalizer = Normalizer(vocab.normalizer)
+    order = sorted(pending, key=lambda r: SPLIT_PRIORITY.index(r.split) if r.split in SPLIT_PRIORITY else len(SPLIT_PRIORITY))
+    for r in order:
+        if r.meta.pop("_missing_transcript", None):
+            skipped.append((r, "missing_transcript", f"no {Path(r.path).with_suffix('.txt')}"))
+            continue
+        if r.file in seen:
+            skipped.append((r, "duplicate", f"same clip as {seen[r.file]}"))
+            continue
+        seen[r.file] = f"{r.split}/{r.id}"
+        votes = _votes(r) if config.check_votes else None
+        if votes and votes[1] > 0 and votes[1] >= votes[0]:
+            skipped.append((r, "down_voted", f"up {votes[0]}, down {votes[1]}"))
+            continue
+        text = normalizer(r.sentence)
+        if text is None:
+            skipped.append((r, "digits", r.sentence))
+            continue
+        if not text:
+            skipped.append((r, "empty_text", repr(r.sentence)))
+            continue
+        oov = vocab.oov_chars(text)
+        if oov and config.oov == "drop":
+            skipped.append((r, "oov", " ".join(sorted(oov))))
+            continue
+        oov_unk += bool(oov)
+        r.text = text
+        candidates.append(r)
+    index = {id(r): i for i, r in enumerate(pending)}
+    candidates.sort(key=lambda r: index[id(r)])  # back to input order
+
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta_cols = list(dict.fromkeys(c for r in rows_out for c in r.meta if not c.startswith("_")))
+    features = _features(meta_cols)
+    kept_rows = _write_splits(candidates, tmp, features, meta_cols, config, skipped)
+    written = [s for s in config.splits if (tmp / s / ARROW_FILE).is_file()]
+    for s in config.splits:
+        if s not in written and any(r.split == s for r in rows_out):
+            logger.warning("split %s: no row kept, so the dataset has no %s split (see %s)", s, s, SKIPPED_FILE)
+    _write_dataset_json(tmp, written, features, fp)
+    vocab.save(tmp / VOCAB_DIR)
+    summary = _summary(src, kind, config, fp, vocab_source, len(vocab), rows, held, kept_rows, skipped, oov_unk)
+    _write_skipped(tmp / SKIPPED_FILE, skipped)
+    atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _publish(tmp, out)
+    return summary
+
+
+def _write_dataset_json(directory: Path, splits: list[str], features, fp: str) -> None:
+    """The JSON files `DatasetDict.save_to_disk` writes beside the Arrow files, so load_from_disk reads them."""
+    import datasets
+
+    info = asdict(datasets.DatasetInfo(features=features))
+    for i, split in enumerate(splits):
+        state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": f"{fp[:14]}{i:02d}",
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                 "_output_all_columns": False, "_split": split}
+        atomic_write_text(directory / split / "state.json", json.dumps(state, indent=2, sort_keys=True))
+        atomic_write_text(directory / split / "dataset_info.json", json.dumps(dict(sorted(info.items())), indent=2))
+    atomic_write_text(directory / "dataset_dict.json", json.dumps({"splits": splits}))
+
+
+def _write_splits(candidates, arrow_dir: Path, features, meta_cols, config: PrepareConfig, skipped) -> list:
+    from datasets.arrow_writer import ArrowWriter
+
+    kept, writers, batches = [], {}, defaultdict(list)
+
+    def flush(split):
+        if batches[split]:
+            if split not in writers:
+                (arrow_dir / split).mkdir(exist_ok=True)
+                writers[split] = ArrowWriter(features=features, path=str(arrow_dir / split / ARROW_FILE))
+            writers[split].write_table(_batch_table(batches[split], features, meta_cols))
+            batches[split] = []
+
+    for row, samples, skip in _decode_all(candidates, config.num_proc):
+        if skip is not None:
+            skipped.append((row, *skip))
+            continue
+        dur = len(samples) / SAMPLE_RATE
+        if dur < config.min_duration:
+            skipped.append((row, "too_short", f"{dur:.2f} s < {config.min_duration} s"))
+        elif dur > config.max_duration:
+            skipped.append((row, "too_long", f"{dur:.2f} s > {config.max_duration} s"))
+        elif len(row.text) / dur > config.max_chars_per_second:
+            skipped.append((row, "label_too_long",
+                            f"{len(row.text)} chars in {dur:.2f} s > {config.max_chars_per_second}/s"))
+        else:
+            kept.append((row, dur))
+            batches[row.split].append((row, samples))
+            if len(batches[row.split]) >= WRITE_BATCH:
+                flush(row.split)
+    for split in list(batches):
+        flush(split)
+    for w in writers.values():
+        w.finalize()
+        w.close()
+    return kept
+
+
+# -- output files -------------------------------------------------------------------------------------
+def _reuse(out: Path, fp: str, overwrite: bool) -> dict | None:
+    if not out.exists():
+        return None
+    summary_file = out / SUMMARY_FILE
+    if not summary_file.is_file():
+        if out.is_dir() and not any(out.iterdir()):
+            return None
+        raise LrlError(f"{out} exists and is not a dataset made by `lrl data prepare` (no {SUMMARY_FILE}); "
+                       "choose another --out or remove it")
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    if summary.get("fingerprint") == fp and (out / "dataset_dict.json").is_file():
+        logger.info("%s was prepared from identical inputs (fingerprint %s): reused, nothing decoded", out, fp[:12])
+        return {**summary, "reused": True}
+    if not overwrite:
+        raise LrlError(f"{out} was prepared from other inputs or options (fingerprint {summary.get('fingerprint', '?')[:12]}, "
+                       f"now {fp[:12]}); pass --overwrite to replace it, or choose another --out")
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_tmp(out: Path) -> None:
+    """Remove DIR.tmp-<pid> / DIR.old-<pid> left by runs that were killed (their process is gone)."""
+    for p in out.parent.glob(f"{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 1:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            logger.info("removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f"{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def _clean_field(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def _write_skipped(path: Path, skipped: list) -> None:
+    lines = ["split\tid\tpath\treason\tdetail"]
+    lines += ["\t".join(_clean_field(x) for x in (r.split, r.id, r.path, reason, detail)) for r, reason, detail in skipped]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _summary(src, kind, config, fp, vocab_source, vocab_size, rows, held, kept, skipped, oov_unk) -> dict:
+    read = Counter(r.split for r in [*rows, *held])
+    splits = {}
+    for split in [*config.splits, *sorted(set(read) - set(config.splits))]:
+        k = [(r, d) for r, d in kept if r.split == split]
+        reasons = Counter(reason for r, reason, _ in skipped if r.split == split)
+        if split not in read:
+            continue
+        if len(k) + sum(reasons.values()) != read[split]:  # the "nothing silently lost" invariant
+            raise RuntimeError(f"{split}: {len(k)} kept + {sum(reasons.values())} skipped != {read[split]} read")
+        secs = Counter()
+        for r, d in k:
+            secs[r.speaker] += d
+        total = sum(secs.values())
+        splits[split] = {
+            "read": read[split], "kept": len(k), "skipped": dict(sorted(reasons.items())),
+            "hours": round(total / 3600, 6), "speakers": len(secs),
+            "top_speakers": [[s[:16], round(t / total, 4)] for s, t in secs.most_common(5)] if total else [],
+        }
+    speakers = {s: {r.speaker for r, _ in kept if r.split == s and r.speaker} for s in splits}
+    warnings = []
+    for other in ("dev", "test"):
+        both = speakers.get("train", set()) & speakers.get(other, set())
+        if both:
+            warnings.append(f"{len(both)} speaker(s) appear in both train and {other}: "
+                            f"{other} scores will be optimistic for unseen speakers")
+    for s, info in splits.items():
+        if info["top_speakers"] and info["top_speakers"][0][1] > 0.5 and info["speakers"] > 1:
+            warnings.append(f"{s}: one speaker holds {info['top_speakers'][0][1]:.0%} of the audio")
+    if oov_unk:
+        warnings.append(f"{oov_unk} kept transcripts hold characters outside the vocabulary (mapped to [UNK])")
+    for w in warnings:
+        logger.warning("%s", w)
+    return {
+        "format": FORMAT_VERSION, "source": str(src), "source_kind": kind, "fingerprint": fp,
+        "config": config.to_dict(), "vocab": {"source": vocab_source, "size": vocab_size},
+        "sample_rate": SAMPLE_RATE, "splits": splits,
+        "total": {"read": sum(read.values()), "kept": len(kept), "skipped": len(skipped)},
+        "warnings": warnings,
+    }
+
+
+def format_summary(summary: dict) -> list[str]:
+    """Lines for the terminal: per split, kept + skipped per reason = read, hours and speakers."""
+    lines = []
+    for split, s in summary["splits"].items():
+        why = ", ".join(f"{n} {r}" for r, n in s["skipped"].items()) or "none"
+        lines.append(f"{split}: {s['kept']} kept + {sum(s['skipped'].values())} skipped ({why}) = {s['read']} read; "
+                     f"{s['hours']:.3f} h, {s['speakers']} speaker(s)")
+    return lines
+
+
+def load_prepared(directory: str | Path):
+    """(DatasetDict, Vocab) of a directory written by `prepare`."""
+    import datasets
+
+    from lrl.vocab import Vocab
+
+    directory = Path(directory)
+    if not (directory / "dataset_dict.json").is_file():
+        raise LrlError(f"{directory} is not a prepared dataset (no dataset_dict.json): run `lrl data prepare SRC --out {directory}`")
+    return datasets.load_from_disk(str(directory)), Vocab.load(directory / VOCAB_DIR)
