@@ -1,0 +1,452 @@
+"""KenLM n-gram language models for CTC beam search: LM text normalised with the vocabulary's own
+normaliser (sentences with characters outside the vocabulary dropped and counted, dev/test overlap
+warned about or excluded), `lmplz` + `build_binary`, the unigram list, and the directory layout that
+pyctcdecode and `Wav2Vec2ProcessorWithLM` load (`alphabet.json` + `language_model/`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lrl.io import LrlError, atomic_write_text
+from lrl.text import Normalizer
+from lrl.vocab import Vocab, read_transcripts
+
+logger = logging.getLogger(__name__)
+
+LM_DIR = "language_model"  # pyctcdecode's BeamSearchDecoderCTC._LANGUAGE_MODEL_SERIALIZED_DIRECTORY
+ALPHABET_FILE = "alphabet.json"  # pyctcdecode's BeamSearchDecoderCTC._ALPHABET_SERIALIZED_FILENAME
+ATTRS_FILE = "attrs.json"  # pyctcdecode's LanguageModel._ATTRS_SERIALIZED_FILENAME
+UNIGRAMS_FILE = "unigrams.txt"  # pyctcdecode's LanguageModel._UNIGRAMS_SERIALIZED_FILENAME
+REPORT_FILE = "lm_build.json"
+CORPUS_FILE = "corpus.txt"
+ARPA_FILE = "lm.arpa"
+# pyctcdecode's own defaults (pyctcdecode/constants.py): the starting point that `lrl lm tune` improves on.
+DEFAULT_ALPHA = 0.5
+DEFAULT_BETA = 1.5
+DEFAULT_UNK_SCORE_OFFSET = -10.0
+KENLM_MAX_ORDER = 6  # lmplz/build_binary are compiled with KENLM_MAX_ORDER=6 by default
+SETUP_HINT = (
+    "run `bash scripts/setup.sh` (it builds lmplz and build_binary from the kenlm sdist into .venv/bin), "
+    "or build them yourself: apt-get install libboost-program-options-dev libboost-system-dev "
+    "libboost-thread-dev libboost-test-dev cmake; pip download --no-deps --no-binary kenlm kenlm -d src; "
+    "in the unpacked sdist: mkdir build && cd build && cmake .. -DCMAKE_BUILD_TYPE=Release && "
+    "make -j2 lmplz build_binary; put build/bin on PATH"
+)
+SPECIAL_WORDS = ("<s>", "</s>", "<unk>")
+
+BinaryType = Literal["probing", "trie", "none"]
+
+
+@dataclass(frozen=True)
+class LMBuildConfig:
+    """How `build_lm` turns text into a KenLM model."""
+
+    order: int = 3  # n-gram order (2..KENLM_MAX_ORDER); 3-5 is usual, 3 for a few thousand sentences
+    memory: str = "10%"  # lmplz -S: sorting memory (percent of RAM or a size like 1G); lmplz's own default is 80%
+    prune: tuple[int, ...] = ()  # lmplz --prune count thresholds per order, e.g. (0, 0, 1); first must be 0
+    discount_fallback: bool = True  # lmplz --discount_fallback: needed on small corpora ("discount out of range")
+    binary: BinaryType = "probing"  # build_binary data structure; "none" keeps only the ARPA file
+    keep_arpa: bool = True  # keep OUT/lm.arpa beside the binary (readable, but as large as the model)
+    min_word_count: int = 1  # words seen fewer times are left out of unigrams.txt (they stay in the LM)
+    alpha: float = DEFAULT_ALPHA  # LM weight written to attrs.json (tune it with `lrl lm tune`)
+    beta: float = DEFAULT_BETA  # word insertion bonus written to attrs.json
+    unk_score_offset: float = DEFAULT_UNK_SCORE_OFFSET  # log-score offset for words outside the unigrams
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.order <= KENLM_MAX_ORDER:
+            raise ValueError(f"order must be in 2..{KENLM_MAX_ORDER}, got {self.order}")
+        if self.prune:
+            if len(self.prune) > self.order:
+                raise ValueError(f"prune must give at most order={self.order} thresholds, got {self.prune}")
+            if self.prune[0] != 0:
+                raise ValueError(f"prune must start with 0 (unigrams cannot be pruned), got {self.prune}")
+            if any(b < a for a, b in zip(self.prune, self.prune[1:])) or min(self.prune) < 0:
+                raise ValueError(f"prune thresholds must be >= 0 and non-decreasing, got {self.prune}")
+        if self.binary not in ("probing", "trie", "none"):
+            raise ValueError(f"binary must be 'probing', 'trie' or 'none', got {self.binary!r}")
+        if self.binary == "none" and not self.keep_arpa:
+            raise ValueError("binary='none' needs keep_arpa=True (the ARPA file is then the model)")
+        if self.min_word_count < 1:
+            raise ValueError(f"min_word_count must be >= 1, got {self.min_word_count}")
+        m = self.memory.strip()
+        if not m or not (m[:-1] if m[-1] in "%kKmMgGtT" else m).replace(".", "", 1).isdigit():
+            raise ValueError(f"memory must be like '10%' or '2G', got {self.memory!r}")
+
+
+# -- text ------------------------------------------------------------------------------------------
+@dataclass
+class LMText:
+    """Normalised LM sentences and why the others were dropped."""
+
+    sentences: list[str] = field(default_factory=list)
+    read: int = 0
+    empty: int = 0  # empty after normalisation
+    digits: int = 0  # dropped by the normaliser's digit policy
+    oov: int = 0  # held a character outside the vocabulary
+    oov_chars: Counter = field(default_factory=Counter)
+    excluded: int = 0  # equal to an --exclude sentence (dev/test)
+    heldout_overlap: int = 0  # equal to a dev/test transcript and NOT excluded
+    overlap_examples: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("sentences", "oov_chars", "overlap_examples")}
+        d["kept"] = len(self.sentences)
+        d["oov_chars"] = dict(self.oov_chars.most_common(20))
+        d["overlap_examples"] = self.overlap_examples[:5]
+        return d
+
+
+def prepare_text(
+    lines: Iterable[str],
+    vocab: Vocab,
+    exclude: Iterable[str] = (),
+    heldout: Iterable[str] = (),
+) -> LMText:
+    """Normalise LM `lines`; drop (and count) empty lines, digit drops and sentences with characters the
+    vocabulary lacks; drop sentences equal to an `exclude` sentence; count (and warn about) sentences equal
+    to a `heldout` (dev/test) transcript that were not excluded. Both lists are normalised the same way."""
+    norm = Normalizer(vocab.normalizer)
+    excl = {t for t in (norm(s) for s in exclude) if t}
+    held = {t for t in (norm(s) for s in heldout) if t} - excl
+    out = LMText()
+    known = set(vocab.chars) | {" "}
+    for raw in lines:
+        out.read += 1
+        text = norm(raw)
+        if text is None:
+            out.digits += 1
+            continue
+        if not text:
+            out.empty += 1
+            continue
+        bad = [ch for ch in text if ch not in known]
+        if bad:
+            out.oov += 1
+            out.oov_chars.update(bad)
+            continue
+        if text in excl:
+            out.excluded += 1
+            continue
+        if text in held:
+            out.heldout_overlap += 1
+            if len(out.overlap_examples) < 5:
+                out.overlap_examples.append(text)
+        out.sentences.append(text)
+    return out
+
+
+def read_sentences(paths: Sequence[str | Path]) -> list[str]:
+    """Sentences from text files (one a line), CV TSVs / manifests (their transcript column), or prepared
+    dataset directories (the `text` of all their splits)."""
+    out: list[str] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.extend(_dataset_texts(p, splits=None))
+        else:
+            out.extend(read_transcripts(p))
+    return out
+
+
+def _dataset_texts(data_dir: Path, splits: Sequence[str] | None) -> list[str]:
+    if not (data_dir / "dataset_dict.json").is_file():
+        raise LrlError(
+            f"{data_dir} is not a prepared dataset (no dataset_dict.json): pass text files, TSVs, or a "
+            "directory written by `lrl data prepare`"
+        )
+    from datasets import load_from_disk
+
+    dd = load_from_disk(str(data_dir))
+    out: list[str] = []
+    for name in dd:
+        if splits is None or name in splits:
+            out.extend(str(t) for t in list(dd[name]["text"]))
+    return out
+
+
+def heldout_from_vocab_dir(vocab_dir: str | Path) -> list[str]:
+    """Dev/test transcripts of the prepared dataset a vocabulary lives in (`DATA/vocab/`), else []."""
+    data_dir = Path(vocab_dir).resolve().parent
+    if not (data_dir / "dataset_dict.json").is_file():
+        return []
+    try:
+        return _dataset_texts(data_dir, splits=("dev", "test"))
+    except Exception as e:  # a half-written dataset must not stop an LM build: the check is advisory
+        logger.warning("could not read dev/test transcripts from %s for the overlap check: %s", data_dir, e)
+        return []
+
+
+# -- KenLM binaries --------------------------------------------------------------------------------
+def find_kenlm_binary(name: str) -> str:
+    """Path of `lmplz` / `build_binary`: next to this Python (the venv's bin), then on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise LrlError(f"KenLM's `{name}` was not found next to {sys.executable} or on PATH: {SETUP_HINT}")
+
+
+def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what: str) -> str:
+    logger.debug("running %s", " ".join(cmd))
+    with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as fin, (
+        open(stdout_path, "wb") if stdout_path else open(os.devnull, "wb")
+    ) as fout:
+        try:
+            proc = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE, check=False)
+        except OSError as e:
+            raise LrlError(f"could not run {cmd[0]}: {e}. {SETUP_HINT}") from e
+    err = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-6:])
+        hint = ""
+        if "discount" in err and "out of range" in err:
+            hint = " The corpus is too small for Kneser-Ney estimates: keep discount_fallback on (the default)."
+        raise LrlError(f"{what} failed (exit {proc.returncode}):\n{tail}\n{hint}".rstrip())
+    return err
+
+
+# -- building ------------------------------------------------------------------------------------
+@dataclass
+class LMBuildResult:
+    out: Path
+    text: LMText
+    model_path: Path  # the file pyctcdecode loads (language_model/lm.bin or lm.arpa)
+    n_unigrams: int
+    ngram_counts: dict[int, int]
+    seconds: float
+
+
+def labels_for_vocab(vocab: Vocab) -> list[str]:
+    """pyctcdecode labels in token-id order: '' for [PAD] (the blank), ' ' for '|', '⁇' for [UNK]."""
+    from lrl.vocab import PAD, UNK, WORD_DELIMITER
+
+    special = {PAD: "", WORD_DELIMITER: " ", UNK: "\u2047"}
+    return [special.get(t, t) for t in vocab.tokens]
+
+
+def write_alphabet(directory: str | Path, vocab: Vocab) -> Path:
+    """Write pyctcdecode's alphabet.json for `vocab` (regular, not BPE)."""
+    path = Path(directory) / ALPHABET_FILE
+    atomic_write_text(path, json.dumps({"labels": labels_for_vocab(vocab), "is_bpe": False}, ensure_ascii=False))
+    return path
+
+
+def write_attrs(lm_dir: str | Path, alpha: float, beta: float, unk_score_offset: float, score_boundary: bool = True) -> Path:
+    """Write pyctcdecode's language_model/attrs.json (exactly its four keys)."""
+    path = Path(lm_dir) / ATTRS_FILE
+    attrs = {"alpha": float(alpha), "beta": float(beta), "unk_score_offset": float(unk_score_offset),
+             "score_boundary": bool(score_boundary)}
+    atomic_write_text(path, json.dumps(attrs) + "\n")
+    return path
+
+
+def _arpa_counts(arpa: Path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    with open(arpa, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("ngram "):
+                n, c = line[6:].strip().split("=")
+                counts[int(n)] = int(c)
+            elif line.startswith("\\1-grams"):
+                break
+    return counts
+
+
+def build_lm(
+    text_paths: Sequence[str | Path],
+    vocab_dir: str | Path,
+    out: str | Path,
+    config: LMBuildConfig | None = None,
+    exclude: Sequence[str | Path] = (),
+    heldout: Sequence[str | Path] = (),
+) -> LMBuildResult:
+    """Build OUT/language_model/{lm.bin|lm.arpa, unigrams.txt, attrs.json} + OUT/alphabet.json (so OUT
+    loads with `BeamSearchDecoderCTC.load_from_dir`), OUT/normalizer.json, OUT/corpus.txt and a report
+    OUT/lm_build.json. `exclude`: files whose sentences are removed from the LM text (dev/test);
+    `heldout`: files only checked for overlap (the dev/test splits next to a `DATA/vocab` are checked too)."""
+    config = config or LMBuildConfig()
+    t0 = time.perf_counter()
+    vocab = Vocab.load(vocab_dir)
+    lmplz = find_kenlm_binary("lmplz")
+    build_binary = find_kenlm_binary("build_binary") if config.binary != "none" else None
+    lines = read_sentences(text_paths)
+    held = read_sentences(heldout) + heldout_from_vocab_dir(vocab_dir)
+    text = prepare_text(lines, vocab, exclude=read_sentences(exclude), heldout=held)
+    logger.info(
+        "LM text: %d lines read, %d kept; dropped %d with characters outside the vocabulary, %d empty, "
+        "%d for digits, %d excluded", text.read, len(text.sentences), text.oov, text.empty, text.digits, text.excluded,
+    )
+    if text.oov:
+        logger.warning(
+            "%d of %d LM sentences (%.1f%%) hold characters outside the vocabulary and were dropped; most "
+            "common: %s", text.oov, text.read, 100 * text.oov / max(text.read, 1),
+            " ".join(f"{c!r}x{n}" for c, n in text.oov_chars.most_common(8)),
+        )
+    if text.heldout_overlap:
+        logger.warning(
+            "!!! %d LM sentences are dev/test transcripts (e.g. %r): WER with this LM will be optimistic. "
+            "Remove them with --exclude DEV.tsv TEST.tsv (or the prepared dataset directory).",
+            text.heldout_overlap, text.overlap_examples[0],
+        )
+    if not text.sentences:
+        raise LrlError(
+            f"no LM sentences left ({text.read} read: {text.oov} outside the vocabulary, {text.empty} empty, "
+            f"{text.digits} digits, {text.excluded} excluded): is this text in the vocabulary's language and script?"
+        )
+
+    out = Path(out)
+    lm_dir = out / LM_DIR
+    if lm_dir.exists():
+        shutil.rmtree(lm_dir)  # pyctcdecode wants exactly 3 files in it: never leave a stale model behind
+    lm_dir.mkdir(parents=True)
+    corpus = out / CORPUS_FILE
+    atomic_write_text(corpus, "\n".join(text.sentences) + "\n")
+
+    words = Counter(w for s in text.sentences for w in s.split())
+    unigrams = sorted(w for w, n in words.items() if n >= config.min_word_count)
+
+    arpa = out / ARPA_FILE if config.keep_arpa else lm_dir / ARPA_FILE
+    with tempfile.TemporaryDirectory(prefix="lrl-lmplz-") as tmp:
+        cmd = [lmplz, "-o", str(config.order), "-S", config.memory, "-T", tmp]
+        if config.discount_fallback:
+            cmd.append("--discount_fallback")
+        if config.prune:
+            cmd += ["--prune", *map(str, config.prune)]
+        tmp_arpa = Path(tmp) / ARPA_FILE
+        _run(cmd, corpus, tmp_arpa, "lmplz")
+        shutil.move(str(tmp_arpa), arpa)
+    counts = _arpa_counts(arpa)
+    if config.binary != "none":
+        model_path = lm_dir / "lm.bin"
+        _run([build_binary, config.binary, str(arpa), str(model_path)], None, None, "build_binary")
+        if not config.keep_arpa:
+            arpa.unlink()
+    else:
+        model_path = arpa
+        if arpa.parent != lm_dir:
+            shutil.copy2(arpa, lm_dir / ARPA_FILE)
+            model_path = lm_dir / ARPA_FILE
+
+    atomic_write_text(lm_dir / UNIGRAMS_FILE, "".join(w + "\n" for w in unigrams))
+    write_attrs(lm_dir, config.alpha, config.beta, config.unk_score_offset)
+    write_alphabet(out, vocab)
+    vocab.normalizer.save(out)
+    seconds = time.perf_counter() - t0
+    report = {
+        "sources": [str(p) for p in text_paths],
+        "vocab": str(vocab_dir),
+        "exclude": [str(p) for p in exclude],
+        "config": asdict(config),
+        "text": text.summary(),
+        "words": {"tokens": sum(words.values()), "types": len(words), "unigrams_written": len(unigrams)},
+        "ngrams": counts,
+        "model": str(model_path.relative_to(out)),
+        "seconds": round(seconds, 2),
+    }
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    logger.info("KenLM %d-gram (%s) with %d unigrams -> %s", config.order, counts, len(unigrams), out)
+    return LMBuildResult(out, text, model_path, len(unigrams), counts, seconds)
+
+
+# -- reading an LM directory -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class LMFiles:
+    """The files of a `language_model/` directory (or a bare .arpa/.bin file)."""
+
+    lm_dir: Path
+    model: Path
+    unigrams: Path | None  # unigrams.txt; None for a bare file (an ARPA's 1-grams are read instead)
+    attrs: dict
+
+
+def find_lm(path: str | Path) -> LMFiles:
+    """Locate the LM given OUT (of `lrl lm build`), a model dir holding `language_model/`, that directory
+    itself, or a bare .arpa / .bin file (a .bin needs unigrams.txt beside it for good decoding)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix not in (".arpa", ".bin", ".binary"):
+            raise LrlError(f"{path}: expected a KenLM .arpa or .bin file, or a directory from `lrl lm build`")
+        uni = path.parent / UNIGRAMS_FILE
+        attrs_path = path.parent / ATTRS_FILE
+        attrs = json.loads(attrs_path.read_text(encoding="utf-8")) if attrs_path.is_file() else {}
+        return LMFiles(path.parent, path, uni if uni.is_file() else None, attrs)
+    lm_dir = path / LM_DIR if (path / LM_DIR).is_dir() else path
+    if not lm_dir.is_dir():
+        raise LrlError(f"{path}: no such file or directory; expected the output of `lrl lm build`")
+    models = [p for p in lm_dir.iterdir() if p.suffix in (".bin", ".binary", ".arpa") and not p.name.startswith(".")]
+    if len(models) != 1 or not (lm_dir / UNIGRAMS_FILE).is_file() or not (lm_dir / ATTRS_FILE).is_file():
+        found = sorted(p.name for p in lm_dir.iterdir())
+        raise LrlError(
+            f"{lm_dir} is not a language model directory: expected one .bin/.arpa file, {UNIGRAMS_FILE} and "
+            f"{ATTRS_FILE}, found {found}. Build one with `lrl lm build`."
+        )
+    try:
+        attrs = json.loads((lm_dir / ATTRS_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LrlError(f"{lm_dir / ATTRS_FILE} is not valid JSON: {e}") from e
+    return LMFiles(lm_dir, models[0], lm_dir / UNIGRAMS_FILE, attrs)
+
+
+def arpa_unigrams(arpa: str | Path) -> list[str]:
+    """The words of an ARPA file's 1-gram section (without <s>, </s>, <unk>)."""
+    words, inside = [], False
+    with open(arpa, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line == "\\1-grams:":
+                inside = True
+            elif inside and line.startswith("\\"):
+                break
+            elif inside and line:
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] not in SPECIAL_WORDS:
+                    words.append(parts[1])
+    return words
+
+
+def read_unigrams(files: LMFiles) -> list[str] | None:
+    """The LM's unigram list: unigrams.txt, else an ARPA's 1-grams, else None (pyctcdecode then warns)."""
+    if files.unigrams is not None:
+        return [w for w in files.unigrams.read_text(encoding="utf-8").splitlines() if w and w not in SPECIAL_WORDS]
+    if files.model.suffix == ".arpa":
+        return arpa_unigrams(files.model)
+    logger.warning("no %s beside %s: decoding without a unigram list is less accurate", UNIGRAMS_FILE, files.model)
+    return None
+
+
+def install_lm(lm: str | Path, target_dir: str | Path, vocab: Vocab, alpha: float, beta: float,
+               unk_score_offset: float | None = None) -> Path:
+    """Copy an LM into `target_dir/language_model/` (with new attrs) and write `target_dir/alphabet.json`,
+    so `Wav2Vec2ProcessorWithLM.from_pretrained(target_dir)` and `pipeline` find it. Returns the LM dir."""
+    src = find_lm(lm)
+    dst = Path(target_dir) / LM_DIR
+    if src.lm_dir.resolve() != dst.resolve():
+        tmp = Path(target_dir) / f".{LM_DIR}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        shutil.copy2(src.model, tmp / src.model.name)
+        unigrams = read_unigrams(src) or []
+        atomic_write_text(tmp / UNIGRAMS_FILE, "".join(w + "\n" for w in sorted(set(unigrams))))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    unk = src.attrs.get("unk_score_offset", DEFAULT_UNK_SCORE_OFFSET) if unk_score_offset is None else unk_score_offset
+    write_attrs(dst, alpha, beta, unk, bool(src.attrs.get("score_boundary", True)))
+    write_alphabet(target_dir, vocab)
+    return dst
