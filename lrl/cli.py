@@ -173,16 +173,69 @@ def vocab_audit(
 # ---------------------------------------------------------------------------------------------------
 # stages not built yet
 # ---------------------------------------------------------------------------------------------------
+class OovOpt(str, Enum):
+    drop = "drop"
+    unk = "unk"
+
+
 @data_app.command("prepare")
-def data_prepare() -> None:
-    """Prepare a Common Voice folder or a manifest into a 16 kHz dataset."""
-    _not_built("data prepare", 3)
+@_user_errors
+def data_prepare(
+    src: Annotated[Path, typer.Argument(help="A Common Voice folder, a TSV/CSV/JSONL manifest (paths relative to it), or a folder of audio + same-named .txt.", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory (DatasetDict + vocab/ + skipped.tsv + summary.json).")],
+    vocab: Annotated[Optional[Path], typer.Option("--vocab", help="Use this vocabulary (from `lrl vocab build`) instead of building one from train.", exists=True, file_okay=False)] = None,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to prepare.")] = "train,dev,test",
+    train_from_validated: Annotated[bool, typer.Option(help="CV: train = validated.tsv minus dev/test clips and sentences.")] = False,
+    min_duration: Annotated[float, typer.Option(help="Shortest clip kept, seconds.")] = 1.0,
+    max_duration: Annotated[float, typer.Option(help="Longest clip kept, seconds.")] = 20.0,
+    max_chars_per_second: Annotated[float, typer.Option(help="Skip transcripts longer than this per second of audio (CTC needs frames >= labels).")] = 25.0,
+    oov: Annotated[OovOpt, typer.Option(help="Transcripts with characters outside the vocabulary: drop the row, or keep it ([UNK]).")] = OovOpt.drop,
+    check_votes: Annotated[bool, typer.Option(help="CV: skip rows with down_votes >= up_votes.")] = True,
+    text_column: Annotated[Optional[str], typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = None,
+    audio_column: Annotated[Optional[str], typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = None,
+    num_proc: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
+    language: Annotated[Optional[str], typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = None,
+    licence: Annotated[Optional[str], typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared from other inputs.")] = False,
+    card: Annotated[bool, typer.Option(help="Write a data card at the end.")] = True,
+    card_dir: Annotated[Path, typer.Option(help="Where the data card goes (<name>.md + PNGs).")] = Path("data_cards"),
+    name: Annotated[Optional[str], typer.Option(help="Card name (default: the source folder's name).")] = None,
+) -> None:
+    """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
+    from lrl.data import PrepareConfig, format_summary, prepare
+
+    cfg = PrepareConfig(
+        splits=tuple(s.strip() for s in splits.split(",") if s.strip()), train_from_validated=train_from_validated,
+        min_duration=min_duration, max_duration=max_duration, max_chars_per_second=max_chars_per_second,
+        oov=oov.value, check_votes=check_votes, language=language, licence=licence, text_column=text_column,
+        audio_column=audio_column, num_proc=num_proc, overwrite=overwrite,
+    )
+    summary = prepare(src, out, cfg, vocab_dir=vocab)
+    if summary.get("reused"):
+        typer.echo(f"{out}: already prepared from identical inputs, reused")
+    for line in format_summary(summary):
+        typer.echo(line)
+    t = summary["total"]
+    typer.echo(f"total: {t['kept']} kept + {t['skipped']} skipped = {t['read']} read -> {out} (skipped rows: {out / 'skipped.tsv'})")
+    if card:
+        from lrl.card import write_card
+
+        typer.echo(f"card: {write_card(out, card_dir, name=name)}")
 
 
 @data_app.command("card")
-def data_card() -> None:
-    """Write a data card for a prepared dataset."""
-    _not_built("data card", 3)
+@_user_errors
+def data_card(
+    dataset: Annotated[Path, typer.Argument(help="A directory written by `lrl data prepare`.", exists=True, file_okay=False)],
+    card_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <name>.md and its PNGs.")] = Path("data_cards"),
+    name: Annotated[Optional[str], typer.Option(help="Card name (default: the source folder's name).")] = None,
+    language: Annotated[Optional[str], typer.Option(help="ISO 639 code (default: from the prepare config).")] = None,
+    licence: Annotated[Optional[str], typer.Option("--licence", "--license", help="Licence id (default: from the prepare config).")] = None,
+) -> None:
+    """Write a Hugging Face dataset card (hours, speakers, histograms, characters, skips) for a prepared dataset."""
+    from lrl.card import write_card
+
+    typer.echo(f"card: {write_card(dataset, card_dir, name=name, language=language, licence=licence)}")
 
 
 @augment_app.command("preview")
@@ -197,10 +250,54 @@ def train_run() -> None:
     _not_built("train", 5)
 
 
+class LMBinaryOpt(str, Enum):
+    probing = "probing"
+    trie = "trie"
+    none = "none"
+
+
+class LMOOVOpt(str, Enum):
+    drop = "drop"
+    strip_marks = "strip-marks"
+
+
 @lm_app.command("build")
-def lm_build() -> None:
+@_user_errors
+def lm_build(
+    texts: Annotated[list[Path], typer.Argument(help="LM text: text files (one sentence a line), TSV/CSV/JSONL manifests or prepared dataset dirs.", exists=True)],
+    vocab: Annotated[Path, typer.Option("--vocab", help="The model's vocabulary dir (`lrl vocab build`, DATA/vocab or a model dir): its normaliser and characters.", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dir: language_model/ (lm.bin, unigrams.txt, attrs.json), alphabet.json, lm_build.json.")],
+    order: Annotated[int, typer.Option("--order", "-n", help="N-gram order (2..6).")] = 3,
+    exclude: Annotated[Optional[list[Path]], typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
+    heldout: Annotated[Optional[list[Path]], typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
+    oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: drop, or strip-marks (remove unknown combining marks, then drop).")] = LMOOVOpt.drop,
+    memory: Annotated[str, typer.Option("--memory", "-S", help="lmplz -S sorting memory: a percentage of RAM or a size (2G).")] = "10%",
+    prune: Annotated[Optional[str], typer.Option(help="lmplz --prune thresholds per order, comma-separated, e.g. 0,0,1.")] = None,
+    discount_fallback: Annotated[bool, typer.Option(help="lmplz --discount_fallback (needed for small corpora).")] = True,
+    binary: Annotated[LMBinaryOpt, typer.Option(help="build_binary structure (none: keep the ARPA as the model).")] = LMBinaryOpt.probing,
+    keep_arpa: Annotated[bool, typer.Option(help="Keep OUT/lm.arpa beside the binary.")] = True,
+) -> None:
     """Build a KenLM n-gram from text normalised with the vocabulary's normaliser."""
-    _not_built("lm build", 6)
+    from lrl.lm import LMBuildConfig, build_lm
+    from lrl.text import char_display
+
+    cfg = LMBuildConfig(
+        order=order, memory=memory, prune=tuple(int(x) for x in prune.split(",")) if prune else (),
+        discount_fallback=discount_fallback, binary=binary.value, keep_arpa=keep_arpa, oov=oov.value,
+    )
+    r = build_lm(texts, vocab, out, cfg, exclude=exclude or (), heldout=heldout or ())
+    t = r.text
+    typer.echo(
+        f"{len(t.sentences)} of {t.read} sentences kept; dropped: {t.oov} with characters outside the vocabulary, "
+        f"{t.empty} empty, {t.digits} digits, {t.excluded} excluded"
+        + (f"; {t.stripped} kept after stripping marks" if t.stripped else "")
+    )
+    if t.oov_chars:
+        typer.echo("characters outside the vocabulary: " + " ".join(f"{char_display(c)}x{n}" for c, n in t.oov_chars.most_common(10)))
+    if t.heldout_overlap:
+        typer.echo(f"WARNING: {t.heldout_overlap} LM sentences are dev/test transcripts: pass them to --exclude")
+    counts = " ".join(f"{n}-grams={c}" for n, c in sorted(r.ngram_counts.items()))
+    typer.echo(f"{order}-gram LM ({counts}, {r.n_unigrams} unigrams) in {r.seconds:.1f}s -> {r.model_path}")
 
 
 @lm_app.command("tune")
