@@ -238,10 +238,63 @@ def data_card(
     typer.echo(f"card: {write_card(dataset, card_dir, name=name, language=language, licence=licence)}")
 
 
+class WavePresetOpt(str, Enum):
+    none = "none"
+    light = "light"
+    strong = "strong"
+
+
+class SpecPresetOpt(str, Enum):
+    none = "none"
+    hf_default = "hf-default"
+    ten_min = "10min"
+    low_resource = "low-resource"
+    medium = "medium"
+
+
 @augment_app.command("preview")
-def augment_preview() -> None:
-    """Write augmented WAVs and before/after pictures for a clip."""
-    _not_built("augment preview", 4)
+@_user_errors
+def augment_preview(
+    audio: Annotated[Path, typer.Argument(help="An audio file (any format ffmpeg reads).", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the WAVs and PNGs.")],
+    preset: Annotated[WavePresetOpt, typer.Option(help="Waveform augmentation preset.")] = WavePresetOpt.strong,
+    config: Annotated[Optional[Path], typer.Option(help="A TOML run config: its [augment] table replaces --preset.", exists=True, dir_okay=False)] = None,
+    n: Annotated[int, typer.Option("--n", help="Number of augmented versions.", min=1, max=50)] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same outputs).", min=0)] = 0,
+    specaugment: Annotated[SpecPresetOpt, typer.Option(help="SpecAugment preset drawn over the model's frames.")] = SpecPresetOpt.low_resource,
+    model: Annotated[Optional[Path], typer.Option(help="Model dir whose config.json gives frames and hidden size (default: wav2vec 2.0 layout).", exists=True, file_okay=False)] = None,
+) -> None:
+    """Write DIR/<stem>_aug<i>.wav and .png (waveform + log-mel before/after) and DIR/<stem>_specaugment.png."""
+    from lrl.augment import SpecAugmentConfig, WaveAugmentConfig, preview
+
+    wave = WaveAugmentConfig.from_toml(config) if config else WaveAugmentConfig.preset(preset.value)
+    model_config = None
+    if model is not None:
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(model)
+    result = preview(audio, out, wave, n=n, seed=seed, specaugment=SpecAugmentConfig.preset(specaugment.value),
+                     model_config=model_config)
+    lengths = ", ".join(f"{d:.2f}" for d in result.durations)
+    typer.echo(f"{len(result.wavs)} augmented clips of {audio.name} ({result.source_seconds:.2f} s -> {lengths} s) in {out}")
+    typer.echo(f"pictures: {result.pngs[0].name} ... {result.pngs[-1].name}, {result.specaugment_png.name}")
+
+
+@augment_app.command("presets")
+def augment_presets() -> None:
+    """List the waveform and SpecAugment presets with their settings."""
+    from lrl.augment import SPEC_PRESETS, WAVE_PRESETS, SpecAugmentConfig, WaveAugmentConfig
+
+    typer.echo("waveform presets (the [augment] table of a run config: preset = \"light\", or transforms as tables):")
+    for name in WAVE_PRESETS:
+        d = WaveAugmentConfig.preset(name).to_dict()
+        typer.echo(f"  {name}:" + ("" if d else " no augmentation"))
+        for key, fields in d.items():
+            typer.echo(f"    {key}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    typer.echo("SpecAugment presets (Wav2Vec2Config fields; `for_hours` picks 10min < 0.5 h <= low-resource < 30 h <= medium):")
+    for name in SPEC_PRESETS:
+        kw = SpecAugmentConfig.preset(name).to_model_kwargs()
+        typer.echo(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in kw.items()))
 
 
 @train_app.command("run")
