@@ -359,10 +359,64 @@ def lm_tune() -> None:
     _not_built("lm tune", 6)
 
 
+class FreshOpt(str, Enum):
+    tiny_test = "tiny-test"
+    tiny_small = "tiny-small"
+
+
 @app.command()
-def pretrain() -> None:
+@_user_errors
+def pretrain(
+    audio: Annotated[list[Path], typer.Argument(help="Audio files, folders of audio (searched recursively) or prepared datasets (labels ignored).", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: the model, checkpoint-<step>/, pretrain_log.csv.")],
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint to continue: hub id or local directory (safetensors).")] = None,
+    fresh: Annotated[Optional[FreshOpt], typer.Option(help="Start from a fresh random tiny model instead of --model.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer updates in total.", min=1)] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Crops per micro-batch.", min=1)] = 8,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per update.", min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (after warmup, then linear decay).")] = 5e-5,
+    warmup: Annotated[int, typer.Option(help="Warmup updates.", min=0)] = 100,
+    max_seconds: Annotated[float, typer.Option(help="Longer audio is cut into crops of at most this many seconds.")] = 15.0,
+    min_seconds: Annotated[float, typer.Option(help="Crops and files shorter than this are dropped (counted).")] = 2.0,
+    mask_prob: Annotated[float, typer.Option(help="Share of frames starting a masked span.")] = 0.65,
+    mask_length: Annotated[int, typer.Option(help="Frames per masked span (20 ms each).", min=1)] = 10,
+    negatives: Annotated[int, typer.Option(help="Distractors per masked frame.", min=1)] = 100,
+    diversity_weight: Annotated[float, typer.Option(help="Weight of the codebook diversity loss.")] = 0.1,
+    gumbel_decay: Annotated[float, typer.Option(help="Per-update Gumbel temperature factor (2.0 -> 0.5).")] = 0.999995,
+    gumbel_min_at_step: Annotated[Optional[int], typer.Option(help="Reach the minimum temperature at this update (overrides --gumbel-decay).")] = None,
+    split: Annotated[list[str], typer.Option(help="Split(s) of a prepared dataset to read (repeatable).")] = ["train"],
+    freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the conv front end fixed (faster on CPU).")] = False,
+    save_every: Annotated[int, typer.Option(help="Updates between resumable checkpoints (0 = none).", min=0)] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of data order, masks, negatives and Gumbel noise.")] = 0,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard scalars to OUT/runs.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest OUT/checkpoint-<step> (schedule included).")] = False,
+) -> None:
     """Continue wav2vec 2.0 self-supervised pretraining on unlabeled audio."""
-    _not_built("pretrain", 7)
+    from lrl.pretrain import PretrainConfig, run_pretraining
+
+    cfg = PretrainConfig(
+        max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup,
+        max_seconds=max_seconds, min_seconds=min_seconds, mask_time_prob=mask_prob, mask_time_length=mask_length,
+        num_negatives=negatives, diversity_weight=diversity_weight, gumbel_decay=gumbel_decay,
+        gumbel_min_at_step=gumbel_min_at_step, splits=tuple(split), freeze_feature_encoder=freeze_feature_encoder,
+        save_every=save_every, seed=seed, tensorboard=tensorboard,
+    )
+    if not resume and (model is None) == (fresh is None):
+        raise typer.BadParameter("give --model CKPT or --fresh tiny-test|tiny-small (or --resume)")
+    r = run_pretraining(audio, out, cfg, model=model, fresh=fresh.value if fresh else None, resume=resume)
+    i = r.inputs
+    typer.echo(
+        f"{i.crops} crops ({i.seconds / 60:.1f} min) from {i.files} files + {i.dataset_rows} dataset rows; "
+        f"dropped {i.too_short} too short, {i.short_tails} short tails, {i.unreadable} unreadable"
+    )
+    typer.echo(
+        f"updates {r.start_step}->{r.steps}: contrastive {r.first_contrastive:.3f} -> {r.last_contrastive:.3f}, "
+        f"perplexity {r.final_perplexity:.1f}, temperature {r.final_temperature:.3f}"
+        + (" (codebook collapse warned)" if r.collapse_warned else "")
+    )
+    if r.probe_before is not None and r.probe_after is not None:
+        typer.echo(f"fixed probe batch contrastive loss: {r.probe_before:.3f} -> {r.probe_after:.3f}")
+    typer.echo(f"model: {r.out} (loads with Wav2Vec2ForCTC.from_pretrained); log: {r.out / 'pretrain_log.csv'}")
 
 
 @app.command()
