@@ -196,15 +196,21 @@ class CTCDecoder:
         the LM: MODEL/language_model/, else the path recorded in decoder.json, else none)."""
         from lrl.lm import LM_DIR
 
+        from lrl.lm import find_lm
+
         model_dir = Path(model_dir)
         vocab = Vocab.load(model_dir)
         saved = read_decoder_json(model_dir)
-        cfg = DecoderConfig.from_dict({**saved, **overrides})
         if lm is None:
             if (model_dir / LM_DIR).is_dir():
                 lm = model_dir / LM_DIR
             elif saved.get("lm") and Path(saved["lm"]).exists():
                 lm = saved["lm"]
+        attrs = {}
+        if lm is not None:  # pyctcdecode's attrs.json, unless decoder.json says otherwise
+            a = find_lm(lm).attrs
+            attrs = {k: a[k] for k in ("alpha", "beta", "unk_score_offset", "score_boundary") if k in a}
+        cfg = DecoderConfig.from_dict({**attrs, **saved, **overrides})
         return cls.from_vocab(vocab, lm, cfg)
 
     # -- set-up ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from lrl.io import LrlError, atomic_write_text
-from lrl.text import Normalizer
+from lrl.text import Normalizer, char_display
 from lrl.vocab import Vocab, read_transcripts
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ SETUP_HINT = (
 SPECIAL_WORDS = ("<s>", "</s>", "<unk>")
 
 BinaryType = Literal["probing", "trie", "none"]
+OOVPolicy = Literal["drop", "strip-marks"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class LMBuildConfig:
     alpha: float = DEFAULT_ALPHA  # LM weight written to attrs.json (tune it with `lrl lm tune`)
     beta: float = DEFAULT_BETA  # word insertion bonus written to attrs.json
     unk_score_offset: float = DEFAULT_UNK_SCORE_OFFSET  # log-score offset for words outside the unigrams
+    oov: OOVPolicy = "drop"  # sentences with characters outside the vocabulary: drop them, or first strip
+    # combining marks the vocabulary lacks (tone marks a model never writes) and drop only what is still OOV
 
     def __post_init__(self) -> None:
         if not 2 <= self.order <= KENLM_MAX_ORDER:
@@ -79,6 +82,8 @@ class LMBuildConfig:
             raise ValueError(f"binary must be 'probing', 'trie' or 'none', got {self.binary!r}")
         if self.binary == "none" and not self.keep_arpa:
             raise ValueError("binary='none' needs keep_arpa=True (the ARPA file is then the model)")
+        if self.oov not in ("drop", "strip-marks"):
+            raise ValueError(f"oov must be 'drop' or 'strip-marks', got {self.oov!r}")
         if self.min_word_count < 1:
             raise ValueError(f"min_word_count must be >= 1, got {self.min_word_count}")
         m = self.memory.strip()
@@ -99,6 +104,7 @@ class LMText:
     oov_chars: Counter = field(default_factory=Counter)
     excluded: int = 0  # equal to an --exclude sentence (dev/test)
     heldout_overlap: int = 0  # equal to a dev/test transcript and NOT excluded
+    stripped: int = 0  # kept after stripping combining marks outside the vocabulary (oov="strip-marks")
     overlap_examples: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -114,10 +120,13 @@ def prepare_text(
     vocab: Vocab,
     exclude: Iterable[str] = (),
     heldout: Iterable[str] = (),
+    oov: OOVPolicy = "drop",
 ) -> LMText:
     """Normalise LM `lines`; drop (and count) empty lines, digit drops and sentences with characters the
     vocabulary lacks; drop sentences equal to an `exclude` sentence; count (and warn about) sentences equal
-    to a `heldout` (dev/test) transcript that were not excluded. Both lists are normalised the same way."""
+    to a `heldout` (dev/test) transcript that were not excluded. Both lists are normalised the same way.
+    With oov="strip-marks", combining marks outside the vocabulary are removed first (ẹ́ -> ẹ when the
+    vocabulary has ẹ but no combining acute) and only sentences still holding OOV characters are dropped."""
     norm = Normalizer(vocab.normalizer)
     excl = {t for t in (norm(s) for s in exclude) if t}
     held = {t for t in (norm(s) for s in heldout) if t} - excl
@@ -133,6 +142,11 @@ def prepare_text(
             out.empty += 1
             continue
         bad = [ch for ch in text if ch not in known]
+        if bad and oov == "strip-marks":
+            stripped = _strip_marks(text, known)
+            if stripped != text and not any(ch not in known for ch in stripped):
+                out.stripped += 1
+                text, bad = stripped, []
         if bad:
             out.oov += 1
             out.oov_chars.update(bad)
@@ -146,6 +160,24 @@ def prepare_text(
                 out.overlap_examples.append(text)
         out.sentences.append(text)
     return out
+
+
+def _strip_marks(text: str, known: set[str]) -> str:
+    """Remove combining marks that are not in `known`, also from inside precomposed characters."""
+    import unicodedata
+
+    out = []
+    for ch in text:
+        if ch in known:
+            out.append(ch)
+        elif unicodedata.combining(ch):
+            continue
+        else:
+            decomposed = unicodedata.normalize("NFD", ch)
+            base = "".join(c for c in decomposed if not unicodedata.combining(c) or c in known)
+            base = unicodedata.normalize("NFC", base)
+            out.append(base if all(c in known for c in base) else ch)
+    return " ".join("".join(out).split())
 
 
 def read_sentences(paths: Sequence[str | Path]) -> list[str]:
@@ -286,16 +318,18 @@ def build_lm(
     build_binary = find_kenlm_binary("build_binary") if config.binary != "none" else None
     lines = read_sentences(text_paths)
     held = read_sentences(heldout) + heldout_from_vocab_dir(vocab_dir)
-    text = prepare_text(lines, vocab, exclude=read_sentences(exclude), heldout=held)
+    text = prepare_text(lines, vocab, exclude=read_sentences(exclude), heldout=held, oov=config.oov)
     logger.info(
         "LM text: %d lines read, %d kept; dropped %d with characters outside the vocabulary, %d empty, "
-        "%d for digits, %d excluded", text.read, len(text.sentences), text.oov, text.empty, text.digits, text.excluded,
+        "%d for digits, %d excluded (%d kept after stripping marks)", text.read, len(text.sentences), text.oov,
+        text.empty, text.digits, text.excluded, text.stripped,
     )
     if text.oov:
         logger.warning(
             "%d of %d LM sentences (%.1f%%) hold characters outside the vocabulary and were dropped; most "
-            "common: %s", text.oov, text.read, 100 * text.oov / max(text.read, 1),
-            " ".join(f"{c!r}x{n}" for c, n in text.oov_chars.most_common(8)),
+            "common: %s%s", text.oov, text.read, 100 * text.oov / max(text.read, 1),
+            " ".join(f"{char_display(c)}x{n}" for c, n in text.oov_chars.most_common(8)),
+            "" if config.oov == "strip-marks" else " (oov='strip-marks' keeps sentences whose only OOV characters are marks)",
         )
     if text.heldout_overlap:
         logger.warning(

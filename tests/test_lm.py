@@ -1,0 +1,268 @@
+"""KenLM building (lrl.lm) and the pyctcdecode wrapper (lrl.decode), on a hand-written ARPA and
+constructed log-probs, plus an end-to-end build on the shared Yoruba LM text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrl.decode import CTCDecoder, DecoderConfig, compress_blank_frames, greedy_decode, log_softmax
+from lrl.io import LrlError
+from lrl.lm import LMBuildConfig, build_lm, find_lm, labels_for_vocab, prepare_text, read_unigrams
+from lrl.vocab import build_vocab
+
+TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"  # the cat sat / the bat sat; "the cat" is likely
+
+
+@pytest.fixture
+def cat_vocab():
+    return build_vocab(["the cat sat", "the bat sat"]).vocab
+
+
+def make_logp(vocab, text, confusions=None, peak=0.95, frames_per_char=2, floor=1e-4):
+    """Peaky CTC log-probs for `text`: each character `frames_per_char` frames, then a blank frame.
+    `confusions[pos]` = {token: prob} replaces the distribution of character `pos`."""
+    ids = vocab.token_to_id
+    confusions = confusions or {}
+
+    def row(p):
+        r = np.full(len(vocab), floor)
+        for k, v in p.items():
+            r[k] = v
+        return np.log(r / r.sum())
+
+    rows = []
+    for pos, ch in enumerate(text):
+        tok = ids["|"] if ch == " " else ids[ch]
+        rows += [row(confusions.get(pos, {tok: peak}))] * frames_per_char + [row({0: 0.99})]
+    return np.stack(rows).astype(np.float32)
+
+
+# -- config validation ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(order=1), "order must be in 2..6"),
+        (dict(order=7), "order must be in 2..6"),
+        (dict(prune=(1, 1)), "prune must start with 0"),
+        (dict(order=2, prune=(0, 1, 1)), "at most order=2"),
+        (dict(prune=(0, 2, 1)), "non-decreasing"),
+        (dict(binary="hash"), "binary must be"),
+        (dict(binary="none", keep_arpa=False), "needs keep_arpa"),
+        (dict(min_word_count=0), "min_word_count must be >= 1"),
+        (dict(memory="lots"), "memory must be like"),
+        (dict(oov="keep"), "oov must be"),
+    ],
+)
+def test_lm_build_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LMBuildConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(beam_width=0), "beam_width must be >= 1"),
+        (dict(alpha=-0.1), "alpha must be >= 0"),
+        (dict(beam_prune_logp=1.0), "beam_prune_logp must be < 0"),
+        (dict(token_min_logp=0.0), "token_min_logp must be < 0"),
+        (dict(unk_score_offset=1.0), "unk_score_offset must be <= 0"),
+        (dict(workers=-1), "workers must be >= 0"),
+    ],
+)
+def test_decoder_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DecoderConfig(**kwargs)
+
+
+# -- LM text -------------------------------------------------------------------------------------
+def test_prepare_text_normalises_drops_oov_and_handles_overlap(cat_vocab):
+    lines = ["The CAT, sat!", "the dog sat", "", "  ", "the bat sat.", "the cat sat 3 times"]
+    t = prepare_text(lines, cat_vocab, exclude=["THE BAT SAT"], heldout=["the cat sat"])
+    assert t.sentences == ["the cat sat"]  # normalised like the model text
+    assert t.read == 6 and t.empty == 2 and t.excluded == 1
+    assert t.oov == 2  # "dog" (d, o, g) and the digit/times line
+    assert t.oov_chars["d"] == 1 and t.oov_chars["3"] == 1
+    assert t.heldout_overlap == 1 and t.overlap_examples == ["the cat sat"]
+
+
+def test_prepare_text_strip_marks_keeps_sentences_with_unknown_tone_marks():
+    vocab = build_vocab(["ẹ ba"]).vocab  # has ẹ (U+1EB9) but no combining acute
+    t_drop = prepare_text(["ẹ́ ba"], vocab)
+    t_strip = prepare_text(["ẹ́ ba", "ẹ́ xa"], vocab, oov="strip-marks")
+    assert t_drop.sentences == [] and t_drop.oov == 1
+    assert t_strip.sentences == ["ẹ ba"] and t_strip.stripped == 1 and t_strip.oov == 1
+
+
+# -- building --------------------------------------------------------------------------------------
+@pytest.fixture
+def cat_vocab_dir(tmp_path, cat_vocab):
+    return cat_vocab.save(tmp_path / "vocab")
+
+
+def test_build_lm_writes_pyctcdecode_layout(tmp_path, cat_vocab_dir):
+    text = tmp_path / "lm.txt"
+    text.write_text("The cat sat.\nthe cat sat\nthe bat sat\nthe dog sat\nthe cat\n", encoding="utf-8")
+    dev = tmp_path / "dev.txt"
+    dev.write_text("the bat sat\n", encoding="utf-8")
+    out = tmp_path / "lm"
+    r = build_lm([text], cat_vocab_dir, out, LMBuildConfig(order=2), exclude=[dev])
+    assert r.text.oov == 1 and r.text.excluded == 1 and len(r.text.sentences) == 3
+    lm_dir = out / "language_model"
+    assert sorted(p.name for p in lm_dir.iterdir()) == ["attrs.json", "lm.bin", "unigrams.txt"]
+    assert (lm_dir / "unigrams.txt").read_text().split() == ["cat", "sat", "the"]  # "bat" was excluded
+    assert json.loads((lm_dir / "attrs.json").read_text()) == {
+        "alpha": 0.5, "beta": 1.5, "unk_score_offset": -10.0, "score_boundary": True}
+    assert r.ngram_counts[1] == 6  # 3 words + <s> </s> <unk>
+    report = json.loads((out / "lm_build.json").read_text())
+    assert report["text"]["oov"] == 1 and report["model"] == "language_model/lm.bin"
+
+    from pyctcdecode import BeamSearchDecoderCTC
+
+    dec = BeamSearchDecoderCTC.load_from_dir(str(out))  # OUT itself is a pyctcdecode decoder dir
+    assert dec._alphabet.labels == labels_for_vocab(build_vocab(["the cat sat", "the bat sat"]).vocab)
+    files = find_lm(out)
+    assert read_unigrams(files) == ["cat", "sat", "the"]
+
+
+def test_build_lm_missing_lmplz_says_how_to_build_it(tmp_path, cat_vocab_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "nowhere" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat\n", encoding="utf-8")
+    with pytest.raises(LrlError, match="lmplz.*scripts/setup.sh"):
+        build_lm([text], cat_vocab_dir, tmp_path / "lm")
+
+
+def test_build_lm_nothing_left_is_an_error(tmp_path, cat_vocab_dir):
+    text = tmp_path / "lm.txt"
+    text.write_text("dog\nfrog\n", encoding="utf-8")
+    with pytest.raises(LrlError, match="no LM sentences left"):
+        build_lm([text], cat_vocab_dir, tmp_path / "lm")
+
+
+def test_cli_lm_build_yoruba_end_to_end(tmp_path, yo_cv, shared_data, cli):
+    vocab_dir = tmp_path / "vocab"
+    assert cli("vocab", "build", yo_cv / "train.tsv", "--out", vocab_dir).exit_code == 0
+    out = tmp_path / "lm"
+    res = cli("lm", "build", shared_data / "lm-text" / "yo.txt", "--vocab", vocab_dir, "--order", "3",
+              "--out", out, "--heldout", yo_cv / "dev.tsv")
+    assert res.exit_code == 0, res.output
+    assert "characters outside the vocabulary" in res.output  # OOV drops are reported
+    report = json.loads((out / "lm_build.json").read_text())
+    n_lines = len((shared_data / "lm-text" / "yo.txt").read_text(encoding="utf-8").splitlines())
+    assert report["text"]["read"] == n_lines
+    assert report["text"]["kept"] + report["text"]["oov"] + report["text"]["empty"] + report["text"]["digits"] == n_lines
+    assert f"{report['text']['kept']} of {n_lines} sentences kept" in res.output
+    assert report["ngrams"]["3"] > 0 and (out / "language_model" / "lm.bin").stat().st_size > 0
+    # the LM's words only use characters the vocabulary has
+    chars = set("".join(read_unigrams(find_lm(out))))
+    from lrl.vocab import Vocab
+
+    assert chars <= set(Vocab.load(vocab_dir).chars)
+
+
+def test_cli_lm_build_bad_order_is_one_line(tmp_path, cat_vocab_dir, cli):
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat\n", encoding="utf-8")
+    res = cli("lm", "build", text, "--vocab", cat_vocab_dir, "--out", tmp_path / "lm", "--order", "9")
+    assert res.exit_code == 1 and "order must be in 2..6" in res.output and "Traceback" not in res.output
+
+
+# -- decoding ----------------------------------------------------------------------------------------
+def test_labels_for_vocab_map_specials(cat_vocab):
+    labels = labels_for_vocab(cat_vocab)
+    assert labels[:3] == ["", "\u2047", " "] and labels[3:] == list(cat_vocab.chars)
+
+
+def test_lm_fixes_acoustically_ambiguous_word(cat_vocab):
+    ids = cat_vocab.token_to_id
+    # "the cat sat" where the acoustics slightly prefer "b" over "c"
+    logp = make_logp(cat_vocab, "the cat sat", {4: {ids["b"]: 0.55, ids["c"]: 0.4}})
+    with CTCDecoder.from_vocab(cat_vocab, TINY_ARPA) as dec:
+        assert dec.greedy(logp).text == "the bat sat"
+        hyp = dec.decode(logp)
+    assert hyp.text == "the cat sat"
+    assert [w.word for w in hyp.words] == ["the", "cat", "sat"]
+    no_lm = CTCDecoder.from_vocab(cat_vocab, None).decode(logp)
+    assert no_lm.text == "the bat sat"  # the beam search alone does not fix it: the LM does
+
+
+def test_greedy_decode_collapses_repeats_and_keeps_double_letters():
+    labels = ["", "\u2047", " ", "l", "o"]
+    seq = [3, 3, 0, 3, 4, 4, 2, 2, 4, 0]  # l l _ l o o | | o _  -> "llo o"
+    logp = np.log(np.full((len(seq), 5), 0.01))
+    logp[np.arange(len(seq)), seq] = np.log(0.96)
+    hyp = greedy_decode(logp, labels)
+    assert hyp.text == "llo o"
+    assert [(w.word, w.start, w.end) for w in hyp.words] == [("llo", 0, 6), ("o", 8, 9)]
+
+
+def test_blank_compression_is_exact(cat_vocab, rng):
+    """Cutting blank-only runs changes neither the text nor the word frames."""
+    texts = ["the cat sat", "the bat sat", "sat the cat"]
+    logps = []
+    for t in texts:
+        lp = make_logp(cat_vocab, t, frames_per_char=3)
+        lp = np.concatenate([lp[:1]] + [np.repeat(lp[i:i + 1], 1 + rng.integers(0, 4), axis=0) for i in range(1, len(lp))])
+        noise = rng.normal(0, 0.8, lp.shape).astype(np.float32)
+        logps.append(lp + noise)
+    plain = CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, DecoderConfig(compress_blanks=False, workers=1))
+    cut = CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, DecoderConfig(compress_blanks=True, workers=1))
+    for lp in logps:
+        a, b = plain.decode(lp), cut.decode(lp)
+        assert a.text == b.text and a.words == b.words
+        assert len(compress_blank_frames(log_softmax(lp))[0]) < len(lp)
+
+
+def test_decode_batch_uses_one_pool_and_matches_serial(cat_vocab, rng):
+    ids = cat_vocab.token_to_id
+    logps = [make_logp(cat_vocab, t, {4: {ids["b"]: 0.5, ids["c"]: 0.45}}) for t in ["the cat sat"] * 3]
+    logps += [make_logp(cat_vocab, "the bat sat"), np.zeros((0, len(cat_vocab)), np.float32)]
+    with CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, DecoderConfig(workers=2)) as dec:
+        serial = [dec.decode(lp).text if len(lp) else "" for lp in logps]
+        first = dec.decode_batch(logps)
+        pool = dec._pool
+        second = dec.decode_batch(logps, dec.with_config(alpha=0.0, beta=0.0))  # params reach the workers
+        assert dec._pool is pool is not None
+    assert [h.text for h in first] == serial == ["the cat sat"] * 3 + ["the bat sat", ""]
+    assert [h.text for h in second][:3] == ["the bat sat"] * 3  # alpha=0: the acoustics decide
+
+
+def test_decode_rejects_wrong_shape(cat_vocab):
+    dec = CTCDecoder.from_vocab(cat_vocab, None)
+    with pytest.raises(ValueError, match=r"shape \(frames, 10\)"):
+        dec.decode(np.zeros((5, 7), np.float32))
+
+
+def test_saved_dir_loads_in_wav2vec2_processor_with_lm(tmp_path, cat_vocab):
+    """The saved decoder dir + processor files load with transformers' Wav2Vec2ProcessorWithLM and
+    decode exactly as lrl's own decoder does (same alpha/beta)."""
+    from transformers import Wav2Vec2ProcessorWithLM
+
+    ids = cat_vocab.token_to_id
+    logp = make_logp(cat_vocab, "the cat sat", {4: {ids["b"]: 0.55, ids["c"]: 0.4}})
+    model_dir = tmp_path / "model"
+    cat_vocab.to_processor().save_pretrained(model_dir)
+    cat_vocab.normalizer.save(model_dir)
+    cfg = DecoderConfig(alpha=0.8, beta=1.0, compress_blanks=False)
+    dec = CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, cfg)
+    ours = dec.decode(logp)
+    dec.save(model_dir)
+    attrs = json.loads((model_dir / "language_model" / "attrs.json").read_text())
+    assert attrs["alpha"] == 0.8 and attrs["beta"] == 1.0
+    proc = Wav2Vec2ProcessorWithLM.from_pretrained(str(model_dir))
+    theirs = proc.decode(logp, output_word_offsets=True)
+    assert theirs.text == ours.text == "the cat sat"
+    assert [(d["word"], d["start_offset"], d["end_offset"]) for d in theirs.word_offsets] == [
+        (w.word, w.start, w.end) for w in ours.words]
+    assert theirs.lm_score == pytest.approx(ours.lm_score, rel=1e-4)
+    # and lrl loads the same directory back
+    again = CTCDecoder.load(model_dir, compress_blanks=False)
+    assert (again.config.alpha, again.config.beta) == (0.8, 1.0)
+    assert again.decode(logp) == ours
