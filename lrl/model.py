@@ -3,9 +3,12 @@ CPU experiments), written exactly as a hub checkpoint is, so the real loading co
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Literal
+
+from lrl.io import LrlError
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +66,173 @@ def init_tiny(out: str | Path, size: TinySize = "test", seed: int = 0, **overrid
     n = sum(p.numel() for p in model.parameters())
     logger.info("wrote a %s Wav2Vec2ForPreTraining (%.2fM parameters) to %s", size, n / 1e6, out)
     return out
+
+
+# -- loading a checkpoint for CTC fine-tuning ------------------------------------------------------------
+# Keys a pretraining checkpoint holds that a CTC model drops, and the head it lacks: expected, not warned.
+_EXPECTED_UNEXPECTED = ("quantizer.", "project_q.", "project_hid.", "wav2vec2.quantizer.", "lm_head.")
+_EXPECTED_MISSING = ("lm_head.",)
+_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _check_local_weights(path: Path, allow_pickle: bool) -> None:
+    if not (path / "config.json").is_file():
+        raise LrlError(f"{path} has no config.json: expected a Hugging Face Wav2Vec2 checkpoint directory")
+    if any((path / f).is_file() for f in _SAFE_WEIGHTS):
+        return
+    pickled = [f for f in _PICKLE_WEIGHTS if (path / f).is_file()]
+    if not pickled:
+        raise LrlError(f"{path} holds no weights (expected {_SAFE_WEIGHTS[0]})")
+    if not allow_pickle:
+        raise LrlError(
+            f"{path} holds only pickle weights ({pickled[0]}), which can run code when loaded. Convert them to "
+            "safetensors, or pass --allow-pickle if you trust where the checkpoint came from."
+        )
+
+
+def _quiet_transformers():
+    """A context that silences transformers' load report and progress bars (lrl reports what matters)."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def ctx():
+        level = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+            if bars:
+                hf_logging.enable_progress_bar()
+
+    return ctx()
+
+
+def load_for_ctc(
+    checkpoint: str | Path,
+    vocab_size: int,
+    pad_token_id: int = 0,
+    allow_pickle: bool = False,
+    adapter_attn_dim: int | None = None,
+    **config_overrides,
+):
+    """A `Wav2Vec2ForCTC` from a hub id or local directory holding a `Wav2Vec2ForPreTraining` (XLS-R,
+    MMS), a bare `Wav2Vec2Model` or a fine-tuned `Wav2Vec2ForCTC`, with a new CTC head of `vocab_size`
+    outputs (pad = blank), mean CTC loss and zero_infinity. Safetensors only unless `allow_pickle`;
+    remote code is never trusted. `config_overrides` set config fields (dropouts, SpecAugment...).
+    With `adapter_attn_dim`, MMS attention adapters are added and (with the head) freshly initialised."""
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    local = Path(checkpoint)
+    if local.exists():
+        _check_local_weights(local, allow_pickle)
+    try:
+        cfg = Wav2Vec2Config.from_pretrained(str(checkpoint), trust_remote_code=False)
+    except OSError as e:
+        raise LrlError(f"cannot read a Wav2Vec2 config from {checkpoint!s}: {e}") from e
+    if getattr(cfg, "model_type", None) != "wav2vec2":
+        raise LrlError(f"{checkpoint}: expected a wav2vec2 checkpoint, found model_type={cfg.model_type!r}")
+    kw = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    if adapter_attn_dim:
+        kw["adapter_attn_dim"] = adapter_attn_dim
+    kw.update(config_overrides)
+    try:
+        with _quiet_transformers():
+            model, info = Wav2Vec2ForCTC.from_pretrained(
+                str(checkpoint), use_safetensors=None if allow_pickle else True, trust_remote_code=False,
+                ignore_mismatched_sizes=True, output_loading_info=True, **kw,
+            )
+    except OSError as e:
+        hint = "" if allow_pickle else " (only safetensors weights are loaded unless --allow-pickle)"
+        raise LrlError(f"cannot load {checkpoint!s}{hint}: {e}") from e
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(_EXPECTED_UNEXPECTED)]
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_EXPECTED_MISSING)]
+    if adapter_attn_dim:
+        missing = [k for k in missing if ".adapter_layer." not in k]
+    mismatched = [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    mismatched = [k for k in mismatched if not str(k).startswith("lm_head.")]
+    if unexpected:
+        logger.warning("%d checkpoint weights were not used: %s", len(unexpected), ", ".join(unexpected[:8]))
+    if missing:
+        logger.warning("%d weights are not in the checkpoint and start random: %s", len(missing), ", ".join(missing[:8]))
+    if mismatched:
+        logger.warning("%d weights had a different shape and start random: %s", len(mismatched), ", ".join(map(str, mismatched[:8])))
+    if adapter_attn_dim:
+        model.init_adapter_layers()
+    n = sum(p.numel() for p in model.parameters())
+    logger.info("loaded %s as Wav2Vec2ForCTC (%.2fM parameters, %d outputs)", checkpoint, n / 1e6, vocab_size)
+    return model
+
+
+def _read_head(source: Path, allow_pickle: bool):
+    """lm_head weight and bias of a CTC checkpoint directory, read without building the model."""
+    import torch
+
+    _check_local_weights(source, allow_pickle)
+    index = source / "model.safetensors.index.json"
+    if (source / "model.safetensors").is_file() or index.is_file():
+        from safetensors import safe_open
+
+        if index.is_file():
+            wmap = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = {wmap.get("lm_head.weight"), wmap.get("lm_head.bias")} - {None}
+        else:
+            files = {"model.safetensors"}
+        tensors = {}
+        for f in files:
+            with safe_open(str(source / f), framework="pt") as st:
+                for k in ("lm_head.weight", "lm_head.bias"):
+                    if k in st.keys():
+                        tensors[k] = st.get_tensor(k)
+    else:
+        tensors = torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    if "lm_head.weight" not in tensors:
+        raise LrlError(f"{source} has no CTC head (lm_head.weight): --init-head-from needs a fine-tuned Wav2Vec2ForCTC")
+    return tensors["lm_head.weight"], tensors.get("lm_head.bias")
+
+
+def _read_vocab(source: Path) -> dict[str, int]:
+    path = source / "vocab.json"
+    if not path.is_file():
+        raise LrlError(f"{source} has no vocab.json: --init-head-from needs the model's tokenizer files beside it")
+    v = json.loads(path.read_text(encoding="utf-8"))
+    if v and all(isinstance(x, dict) for x in v.values()):
+        raise LrlError(f"{path} holds one vocabulary per language (MMS); head transfer needs a single-language model")
+    return {str(k): int(i) for k, i in v.items()}
+
+
+def transfer_head(model, target_tokens: list[str] | tuple[str, ...], source: str | Path, allow_pickle: bool = False) -> list[str]:
+    """Copy the output rows of tokens shared with the CTC model at `source` (its lm_head and vocab.json)
+    into `model.lm_head`; the blank ([PAD] / <pad>), unknown and word delimiter map to their
+    counterparts. Returns the tokens copied."""
+    import torch
+
+    source = Path(source)
+    weight, bias = _read_head(source, allow_pickle)
+    src_vocab = _read_vocab(source)
+    if weight.shape[1] != model.lm_head.in_features:
+        raise LrlError(
+            f"{source}'s head reads {weight.shape[1]} features but this model's hidden size is "
+            f"{model.lm_head.in_features}: head transfer needs models of the same size"
+        )
+    aliases = {"[PAD]": ("[PAD]", "<pad>"), "[UNK]": ("[UNK]", "<unk>"), "|": ("|", " ")}
+    copied = []
+    with torch.no_grad():
+        for i, tok in enumerate(target_tokens):
+            for cand in aliases.get(tok, (tok,)):
+                j = src_vocab.get(cand)
+                if j is not None and j < weight.shape[0]:
+                    model.lm_head.weight[i].copy_(weight[j])
+                    if bias is not None:
+                        model.lm_head.bias[i].copy_(bias[j])
+                    copied.append(tok)
+                    break
+    logger.info("head transfer from %s: %d of %d output rows copied", source, len(copied), len(target_tokens))
+    if len(copied) <= 3:
+        logger.warning("head transfer: %s shares no characters with this vocabulary beyond the special tokens", source)
+    return copied

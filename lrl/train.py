@@ -1,0 +1,794 @@
+"""CTC fine-tuning of Wav2Vec2 checkpoints on a prepared dataset with the Hugging Face Trainer: one config
+per run (TOML/YAML + overrides), dynamic batches, layer-wise LR, the freeze schedule, greedy dev WER/CER,
+best checkpoint by WER, early stopping, resume; the output directory is a loadable ASR model with its
+processor, normaliser, resolved config, metrics CSV, TensorBoard logs, curves and a model card.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lrl.batching import BatchingConfig
+from lrl.io import LrlError, atomic_write_text
+from lrl.schedule import FreezeConfig, LayerwiseLrConfig
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # lrl.audio.SAMPLE_RATE: prepared datasets hold 16 kHz audio
+CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
+METRICS_FILE = "metrics.csv"
+CURVES_FILE = "training_curves.png"
+_SPEC_CHOICES = ("auto", "checkpoint", "none", "hf-default", "10min", "low-resource", "medium")
+BLANK_WER = 0.999  # a dev WER at or above this with (almost) empty predictions = the all-blank plateau
+
+
+# -- configuration --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how it is fed."""
+
+    path: str = ""  # a prepared dataset directory (`lrl data prepare`), with DIR/vocab
+    train_split: str = "train"  # split trained on
+    eval_split: str = "dev"  # split evaluated every `eval_steps` ("" = no evaluation)
+    test_split: str = "test"  # split evaluated once at the end if present ("" = none)
+    max_eval_clips: int = 0  # evaluate on at most this many dev clips (0 = all)
+    augment: str = "none"  # waveform augmentation preset of lrl.augment: none, light, strong
+    num_workers: int = 0  # dataloader worker processes (each gets its own augmentation stream)
+
+    def __post_init__(self) -> None:
+        if not self.train_split:
+            raise ValueError("data.train_split must name a split, got ''")
+        if self.max_eval_clips < 0:
+            raise ValueError(f"data.max_eval_clips must be >= 0 (0 = all), got {self.max_eval_clips}")
+        if self.augment not in ("none", "light", "strong"):
+            raise ValueError(f"data.augment must be none, light or strong, got {self.augment!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The starting checkpoint and what changes in it."""
+
+    checkpoint: str = ""  # hub id or local directory (Wav2Vec2ForPreTraining / Wav2Vec2Model / Wav2Vec2ForCTC)
+    allow_pickle: bool = False  # also load pytorch_model.bin (pickle can run code: trusted sources only)
+    init_head_from: str = ""  # a fine-tuned CTC model dir whose head rows for shared characters are copied
+    adapter_lang: str = ""  # MMS adapter mode: train only attention adapters + head, save adapter.<lang>.safetensors
+    adapter_attn_dim: int = 16  # adapter bottleneck width in adapter mode
+    spec_augment: str = "auto"  # SpecAugment preset of lrl.augment (auto = by hours of labelled data; "checkpoint" = as saved)
+    layerdrop: float = 0.0  # probability of skipping a Transformer layer per step
+    hidden_dropout: float = 0.0  # dropout in the Transformer
+    final_dropout: float = 0.0  # dropout before the CTC head
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+
+    def __post_init__(self) -> None:
+        for f in ("layerdrop", "hidden_dropout", "final_dropout"):
+            v = getattr(self, f)
+            if not 0 <= v < 1:
+                raise ValueError(f"model.{f} must be in [0, 1), got {v}")
+        if self.adapter_attn_dim < 1:
+            raise ValueError(f"model.adapter_attn_dim must be >= 1, got {self.adapter_attn_dim}")
+        if self.spec_augment not in _SPEC_CHOICES:
+            raise ValueError(f"model.spec_augment must be one of {list(_SPEC_CHOICES)}, got {self.spec_augment!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.schedule.LayerwiseLrConfig)."""
+
+    lr: float = 1e-4  # peak LR of the top Transformer layer
+    layer_decay: float = 1.0  # LR factor per layer going down
+    head_lr_mult: float = 1.0  # head LR relative to `lr`
+    weight_decay: float = 0.0  # AdamW weight decay (not on norms/biases)
+    schedule: str = "cosine"  # cosine (warmup + cosine), tri_stage (fairseq), linear, constant
+    warmup_steps: int = 500  # linear warmup updates (cosine/linear/constant)
+    phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage warmup/hold/decay shares
+    max_steps: int = 2000  # optimizer updates in all (> 0), or 0 to use `epochs`
+    epochs: float = 0.0  # passes over the training split when max_steps = 0
+    grad_accum: int = 1  # batches per update
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+
+    def __post_init__(self) -> None:
+        LayerwiseLrConfig(self.lr, self.layer_decay, self.head_lr_mult, self.weight_decay)  # validates those
+        if self.schedule not in ("cosine", "tri_stage", "linear", "constant"):
+            raise ValueError(f"optim.schedule must be cosine, tri_stage, linear or constant, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_steps < 0 or (self.max_steps == 0 and not self.epochs > 0):
+            raise ValueError(f"set optim.max_steps > 0 or optim.epochs > 0, got max_steps={self.max_steps}, epochs={self.epochs}")
+        if self.grad_accum < 1:
+            raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+        if len(self.phase_ratio) != 3 or abs(sum(self.phase_ratio) - 1) > 1e-6:
+            raise ValueError(f"optim.phase_ratio must be 3 shares summing to 1, got {self.phase_ratio}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"optim.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation, checkpoints and logging."""
+
+    eval_steps: int = 200  # evaluate on the dev split every this many updates
+    save_steps: int = 0  # checkpoint every this many updates (0 = at each evaluation)
+    save_total_limit: int = 2  # checkpoints kept (the best one is always kept)
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better WER (0 = off)
+    logging_steps: int = 10  # log loss / LR every this many updates
+    eval_batch_size: int = 8  # clips per evaluation batch (dev is sorted by length, so little padding)
+
+    def __post_init__(self) -> None:
+        for f in ("eval_steps", "logging_steps", "eval_batch_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"eval.{f} must be >= 1, got {getattr(self, f)}")
+        for f in ("save_steps", "save_total_limit", "early_stopping_patience"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"eval.{f} must be >= 0, got {getattr(self, f)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Sections map to the config file's tables ([data], [model], ...)."""
+
+    output_dir: str = ""  # where the model, checkpoints, logs and card go
+    seed: int = 0  # model init, shuffling, augmentation
+    precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
+    resume: bool = False  # continue from the last checkpoint in output_dir
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.model.adapter_lang and not self.freeze.adapters:
+            object.__setattr__(self, "freeze", dataclasses.replace(self.freeze, adapters=True))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return _build(cls, data, "")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with dotted keys set ("optim.lr": 1e-3, "output_dir": ...)."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            parts = key.split(".")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ValueError(f"unknown config section {p!r} in {key!r}; sections: {_sections()}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ValueError(f"unknown config key {key!r}; {'.'.join(parts[:-1]) or 'top level'} has {sorted(node)}")
+            node[parts[-1]] = value
+        return TrainConfig.from_dict(d)
+
+
+def _sections() -> list[str]:
+    return ["data", "model", "optim", "freeze", "batching", "eval"]
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix or 'top level'} must be a table, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; {prefix or 'top level'} has {sorted(known)}")
+    kw = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default
+        if dataclasses.is_dataclass(default):
+            kw[name] = _build(type(default), value, f"{prefix}{name}.")
+        else:
+            kw[name] = _coerce(value, default, prefix + name)
+    return cls(**kw)
+
+
+def _coerce(value, default, key: str):
+    """Values from TOML/YAML/CLI strings into the type of the field's default."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value) if not (isinstance(default, bool) and value.lower() in ("true", "false")) else value.lower() == "true"
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{key}: expected a {type(default).__name__}, got {value!r}") from e
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from a TOML (.toml) or YAML (.yaml/.yml) file, then `overrides` (dotted keys)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LrlError(f"{path}: no such config file")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            elif path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                raise LrlError(f"{path}: expected a .toml, .yaml or .yml config file")
+        except LrlError:
+            raise
+        except Exception as e:
+            raise LrlError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
+    cfg = TrainConfig.from_dict(data)
+    return cfg.with_overrides(overrides or {}) if overrides else cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`key=value` strings (from `--set`) into a dict; values are coerced by the field's type later."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value (e.g. optim.lr=3e-4), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def save_config(cfg: TrainConfig, directory: Path, extra: dict | None = None) -> Path:
+    import yaml
+
+    d = cfg.to_dict()
+    if extra:
+        d["resolved"] = extra
+    path = directory / CONFIG_FILE
+    atomic_write_text(path, yaml.safe_dump(_plain(d), sort_keys=False, allow_unicode=True))
+    return path
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# -- data --------------------------------------------------------------------------------------------
+def load_dataset_dir(path: str | Path):
+    """(DatasetDict, Vocab) of a prepared dataset directory (`lrl data prepare`)."""
+    from lrl.data import load_prepared
+
+    return load_prepared(path)
+
+
+class CTCCollator:
+    """Pads a list of {"audio", "text"} rows into input_values (per-clip zero-mean unit-variance, as the
+    Wav2Vec2 feature extractor does), attention_mask and labels (-100 = ignored). Give an augmenter to
+    the training collator only; each dataloader worker and rank draws from its own stream."""
+
+    def __init__(self, vocab, augmenter=None) -> None:
+        self.t2i = vocab.token_to_id
+        self.unk = self.t2i["[UNK]"]
+        self.delim = self.t2i["|"]
+        self.augmenter = augmenter  # lrl.augment.WaveAugmenter: its stream follows (seed, rank, worker, call)
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        clips = []
+        for r in rows:
+            x = np.asarray(r["audio"], dtype=np.float32)
+            if self.augmenter is not None:
+                x = np.asarray(self.augmenter(x, SAMPLE_RATE), dtype=np.float32)
+            clips.append((x - x.mean()) / np.sqrt(x.var() + 1e-7))
+        n = max(len(c) for c in clips)
+        inputs = np.zeros((len(clips), n), dtype=np.float32)
+        mask = np.zeros((len(clips), n), dtype=np.int64)
+        for i, c in enumerate(clips):
+            inputs[i, : len(c)] = c
+            mask[i, : len(c)] = 1
+        ids = [[self.delim if ch == " " else self.t2i.get(ch, self.unk) for ch in str(r["text"])] for r in rows]
+        m = max(1, max(len(t) for t in ids))
+        labels = np.full((len(ids), m), -100, dtype=np.int64)
+        for i, t in enumerate(ids):
+            labels[i, : len(t)] = t
+        return {"input_values": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(mask),
+                "labels": torch.from_numpy(labels)}
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+def make_compute_metrics(tokenizer):
+    """compute_metrics for the Trainer: greedy CTC decoding (argmax ids come from
+    `preprocess_logits_for_metrics`), WER and CER with jiwer on the normalised text."""
+    import jiwer
+
+    pad = tokenizer.pad_token_id
+
+    def compute_metrics(pred) -> dict:
+        ids = np.asarray(pred.predictions)
+        ids = np.where(ids < 0, pad, ids)
+        labels = np.asarray(pred.label_ids)
+        labels = np.where(labels < 0, pad, labels)
+        hyps = tokenizer.batch_decode(ids)
+        refs = tokenizer.batch_decode(labels, group_tokens=False)
+        pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+        if not pairs:
+            return {"wer": 1.0, "cer": 1.0, "blank_rate": 1.0}
+        refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
+        blank = sum(not h.strip() for h in hyps) / len(hyps)
+        return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps)), "blank_rate": blank}
+
+    return compute_metrics
+
+
+def _argmax_logits(logits, labels):
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def warn_if_collapsed(metrics: dict, step: int, cfg: TrainConfig) -> bool:
+    """Warn (and return True) when predictions collapsed to all-blank: WER ~1.0 and mostly empty output."""
+    wer = metrics.get("eval_wer", metrics.get("wer"))
+    blank = metrics.get("eval_blank_rate", metrics.get("blank_rate", 0.0))
+    if wer is None or wer < BLANK_WER or blank < 0.9:
+        return False
+    logger.warning(
+        "step %d: dev WER %.3f with %.0f%% empty predictions: the model outputs only blanks. Usual causes: "
+        "the LR is too low or too high (lr=%g; try 3e-5..3e-4 for pretrained checkpoints, ~1e-3 for tiny ones), "
+        "warmup not finished (warmup_steps=%d) or too short, too few updates so far, or a vocabulary/case "
+        "mismatch between the transcripts and the tokenizer (check `lrl vocab audit`).",
+        step, wer, 100 * blank, cfg.optim.lr, cfg.optim.warmup_steps,
+    )
+    return True
+
+
+# -- the Trainer ---------------------------------------------------------------------------------------
+def _make_trainer_class():
+    import torch
+    from transformers import Trainer
+
+    from lrl.batching import DynamicBatchSampler
+    from lrl.schedule import layerwise_param_groups, make_lr_lambda
+
+    class CTCTrainer(Trainer):
+        """Trainer with lrl's dynamic batches, layer-wise LR groups, LR schedules and skipping of
+        non-finite losses (counted, logged as `nonfinite_skipped`)."""
+
+        def __init__(self, *args, lrl_config: TrainConfig, durations, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lrl_config = lrl_config
+            self.durations = durations
+            self.nonfinite_skipped = 0
+            self.batch_sampler = None
+
+        def get_train_dataloader(self):
+            from torch.utils.data import DataLoader
+
+            self.batch_sampler = DynamicBatchSampler(
+                self.durations, self.lrl_config.batching, self.args.world_size, self.args.process_index
+            )
+            logger.info(
+                "dynamic batches: %d per rank per epoch, <= %.1f s of padded audio each, padding efficiency %.1f%%",
+                len(self.batch_sampler), self.lrl_config.batching.max_seconds, 100 * self.batch_sampler.padding_efficiency,
+            )
+            loader = DataLoader(
+                self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            )
+            loader = self.accelerator.prepare(loader)
+            # the sampler already gives each rank its share: make accelerate's shard wrapper a passthrough
+            bs = getattr(loader, "batch_sampler", None)
+            if bs is not None and getattr(bs, "batch_sampler", None) is self.batch_sampler:
+                bs.num_processes, bs.process_index = 1, 0
+            return loader
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                o = self.lrl_config.optim
+                groups = layerwise_param_groups(
+                    self.model, LayerwiseLrConfig(o.lr, o.layer_decay, o.head_lr_mult, o.weight_decay)
+                )
+                self.optimizer = torch.optim.AdamW(
+                    groups, lr=o.lr, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
+                )
+            return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                o = self.lrl_config.optim
+                fn = make_lr_lambda(o.schedule, num_training_steps, o.warmup_steps, o.phase_ratio)
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, fn)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            loss = out[0] if return_outputs else out
+            if model.training and not torch.isfinite(loss.detach()).all():
+                self.nonfinite_skipped += 1
+                logger.warning("non-finite loss at step %d: batch skipped (%d so far)", self.state.global_step, self.nonfinite_skipped)
+                # an exact zero that still reaches every trainable parameter (DDP needs the same backward on all ranks)
+                loss = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
+                return (loss, out[1]) if return_outputs else loss
+            return out
+
+        def log(self, logs: dict, *args, **kwargs):
+            if "loss" in logs:
+                logs["nonfinite_skipped"] = self.nonfinite_skipped
+                top = f"layer.{self.model.config.num_hidden_layers - 1}"
+                lrs = [g["lr"] for g in self.optimizer.param_groups if g.get("name") == top]
+                if lrs:  # report the top layer's LR (the configured peak), not the first group's
+                    logs["learning_rate"] = lrs[0]
+            super().log(logs, *args, **kwargs)
+
+    return CTCTrainer
+
+
+def _make_callbacks(cfg: TrainConfig, out: Path):
+    from transformers import TrainerCallback
+
+    class RunLogCallback(TrainerCallback):
+        """metrics.csv rows and the all-blank warning."""
+
+        def __init__(self) -> None:
+            self.path = out / METRICS_FILE
+            self.fields = ["step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_wer", "eval_cer",
+                           "eval_blank_rate", "nonfinite_skipped"]
+            self.collapsed = 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            row = {"step": state.global_step, **{k: logs.get(k, "") for k in self.fields[1:]}}
+            if row["epoch"] == "":
+                row["epoch"] = state.epoch
+            new = not self.path.exists()
+            with self.path.open("a", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if metrics and state.is_world_process_zero and "eval_wer" in metrics:
+                self.collapsed += warn_if_collapsed(metrics, state.global_step, cfg)
+
+    return RunLogCallback()
+
+
+# -- running -------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    output_dir: Path
+    global_step: int
+    metrics: dict  # final dev (eval_*) and test (test_*) metrics
+    best_checkpoint: str | None
+    nonfinite_skipped: int
+
+
+def _spec_augment_kwargs(cfg: TrainConfig, train_hours: float, min_samples: int) -> dict:
+    """Wav2Vec2Config masking fields of the chosen SpecAugment preset, clamped to the shortest clip."""
+    if cfg.model.spec_augment == "checkpoint":
+        return {}
+    from transformers import Wav2Vec2Config
+
+    from lrl.augment import SpecAugmentConfig
+
+    if cfg.model.spec_augment == "auto":
+        spec = SpecAugmentConfig.for_hours(train_hours)
+    else:
+        spec = SpecAugmentConfig.preset(cfg.model.spec_augment)
+    model_config = Wav2Vec2Config.from_pretrained(cfg.model.checkpoint, trust_remote_code=False)
+    spec = spec.validate_for(model_config, min_samples)
+    logger.info("SpecAugment %s: %s", spec.name, spec.to_model_kwargs())
+    return spec.to_model_kwargs()
+
+
+def _make_augmenter(cfg: TrainConfig):
+    if cfg.data.augment == "none":
+        return None
+    from lrl.augment import WaveAugmentConfig, WaveAugmenter
+
+    return WaveAugmenter(WaveAugmentConfig.preset(cfg.data.augment), seed=cfg.seed)
+
+
+def _by_duration(ds):
+    """The split sorted by duration (evaluation batches then need little padding)."""
+    return ds.select(np.argsort(np.asarray(ds["duration"], dtype=np.float64), kind="stable").tolist())
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune `cfg.model.checkpoint` with CTC on `cfg.data.path`; write everything to `cfg.output_dir`."""
+    import torch
+    from transformers import EarlyStoppingCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from lrl.model import load_for_ctc, transfer_head
+    from lrl.schedule import FreezeScheduleCallback
+
+    if not cfg.data.path:
+        raise LrlError("no dataset: set data.path (--data DIR) to a directory written by `lrl data prepare`")
+    if not cfg.model.checkpoint:
+        raise LrlError("no starting checkpoint: set model.checkpoint (--checkpoint HUB_ID_OR_DIR); `lrl train init-tiny` writes a small one")
+    if not cfg.output_dir:
+        raise LrlError("no output directory: set output_dir (--out DIR)")
+    out = Path(cfg.output_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    resume_from = None
+    if out.is_dir() and any(out.glob("checkpoint-*")):
+        if not cfg.resume:
+            raise LrlError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose another --out")
+        resume_from = get_last_checkpoint(str(out))
+        logger.info("resuming from %s", resume_from)
+    elif cfg.resume:
+        logger.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    dsd, vocab = load_dataset_dir(cfg.data.path)
+    for split in (cfg.data.train_split,):
+        if split not in dsd:
+            raise LrlError(f"{cfg.data.path} has no {split!r} split (it has {sorted(dsd)}): set data.train_split")
+    train_ds = dsd[cfg.data.train_split]
+    if len(train_ds) == 0:
+        raise LrlError(f"the {cfg.data.train_split!r} split of {cfg.data.path} is empty")
+    durations = [float(d) for d in train_ds["duration"]]
+    eval_ds = None
+    if cfg.data.eval_split and cfg.data.eval_split in dsd and len(dsd[cfg.data.eval_split]):
+        eval_ds = _by_duration(dsd[cfg.data.eval_split])
+        if cfg.data.max_eval_clips and len(eval_ds) > cfg.data.max_eval_clips:
+            eval_ds = eval_ds.select(range(cfg.data.max_eval_clips))
+    elif cfg.data.eval_split:
+        logger.warning("no %r split in %s: training without evaluation or best-checkpoint selection",
+                       cfg.data.eval_split, cfg.data.path)
+    cols = ["audio", "text"]
+    train_ds = train_ds.select_columns(cols).with_format("numpy")
+    if eval_ds is not None:
+        eval_ds = eval_ds.select_columns(cols).with_format("numpy")
+
+    processor = vocab.to_processor(SAMPLE_RATE)
+    tokenizer = processor.tokenizer
+    torch.manual_seed(cfg.seed)
+    overrides = dict(layerdrop=cfg.model.layerdrop, hidden_dropout=cfg.model.hidden_dropout,
+                     final_dropout=cfg.model.final_dropout)
+    overrides.update(_spec_augment_kwargs(cfg, sum(durations) / 3600, int(min(durations) * SAMPLE_RATE)))
+    model = load_for_ctc(
+        cfg.model.checkpoint, len(tokenizer), tokenizer.pad_token_id, cfg.model.allow_pickle,
+        adapter_attn_dim=cfg.model.adapter_attn_dim if cfg.model.adapter_lang else None, **overrides,
+    )
+    if cfg.model.init_head_from:
+        transfer_head(model, vocab.tokens, cfg.model.init_head_from, cfg.model.allow_pickle)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    freeze_cb = FreezeScheduleCallback(model, cfg.freeze)
+    collator = CTCCollator(vocab, _make_augmenter(cfg))
+    eval_collator = CTCCollator(vocab)
+
+    has_eval = eval_ds is not None
+    save_steps = cfg.eval.save_steps or cfg.eval.eval_steps
+    if has_eval and save_steps % cfg.eval.eval_steps:
+        raise ValueError(
+            f"eval.save_steps ({save_steps}) must be a multiple of eval.eval_steps ({cfg.eval.eval_steps}) so the "
+            "best checkpoint by WER can be kept"
+        )
+    on_cpu = not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=cfg.optim.max_steps if cfg.optim.max_steps > 0 else -1,
+        num_train_epochs=cfg.optim.epochs if cfg.optim.max_steps == 0 else 1,
+        per_device_train_batch_size=1,  # unused: batches come from lrl.batching
+        per_device_eval_batch_size=cfg.eval.eval_batch_size,
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        learning_rate=cfg.optim.lr,
+        max_grad_norm=cfg.optim.max_grad_norm,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval.eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=cfg.eval.save_total_limit or None,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="wer" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        logging_steps=cfg.eval.logging_steps,
+        logging_first_step=True,
+        report_to=["tensorboard"],
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if (on_cpu and world > 1) else None,
+        ddp_find_unused_parameters=True if world > 1 else None,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.data.num_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        fp16=cfg.precision == "fp16",
+        bf16=cfg.precision == "bf16",
+        disable_tqdm=False,
+    )
+    callbacks = [freeze_cb, _make_callbacks(cfg, out)]
+    if has_eval and cfg.eval.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience))
+    Trainer = _make_trainer_class()
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+        processing_class=processor, compute_metrics=make_compute_metrics(tokenizer) if has_eval else None,
+        preprocess_logits_for_metrics=_argmax_logits, callbacks=callbacks, lrl_config=cfg, durations=durations,
+    )
+    if has_eval:
+        # evaluation batches need no augmentation: Trainer uses data_collator for both, so swap it per call
+        _orig_eval_loader = trainer.get_eval_dataloader
+
+        def _eval_loader(eval_dataset=None):
+            trainer.data_collator = eval_collator
+            try:
+                return _orig_eval_loader(eval_dataset)
+            finally:
+                trainer.data_collator = collator
+
+        trainer.get_eval_dataloader = _eval_loader
+    if args.process_index == 0:
+        save_config(cfg, out, {"vocab_size": len(tokenizer), "train_clips": len(durations),
+                               "train_hours": round(sum(durations) / 3600, 4), "world_size": world,
+                               "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    metrics: dict = {}
+    if has_eval:
+        metrics.update(trainer.evaluate())
+    if cfg.data.test_split and cfg.data.test_split in dsd and len(dsd[cfg.data.test_split]):
+        test_ds = _by_duration(dsd[cfg.data.test_split]).select_columns(cols).with_format("numpy")
+        if has_eval:
+            metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
+        else:
+            trainer.compute_metrics = make_compute_metrics(tokenizer)
+            metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        vocab.normalizer.save(out)
+        if cfg.model.adapter_lang:
+            save_adapter(trainer.model, out, cfg.model.adapter_lang)
+        plot_curves(out / METRICS_FILE, out / CURVES_FILE)
+        write_model_card(out, cfg, metrics, trainer.state, freeze_cb.history, trainer.nonfinite_skipped)
+    return TrainResult(out, trainer.state.global_step, metrics, trainer.state.best_model_checkpoint,
+                       trainer.nonfinite_skipped)
+
+
+def save_adapter(model, out: Path, lang: str) -> Path:
+    """Write the adapter weights + head as adapter.<lang>.safetensors (what Wav2Vec2ForCTC.load_adapter reads)."""
+    from safetensors.torch import save_file
+
+    path = out / f"adapter.{lang}.safetensors"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model._get_adapters().items()}, str(path))
+    logger.info("wrote %s", path)
+    return path
+
+
+# -- reports --------------------------------------------------------------------------------------------
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(metrics_csv: Path, png: Path) -> Path | None:
+    """training_curves.png: train loss (left) and dev WER/CER (right) against updates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read_metrics(metrics_csv)
+    if not rows:
+        return None
+
+    def series(key):
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in ("", None)]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    x, y = series("loss")
+    a.plot(x, y, label="train loss")
+    x, y = series("eval_loss")
+    if x:
+        a.plot(x, y, "o-", label="dev loss")
+    a.set_xlabel("update")
+    a.set_ylabel("CTC loss")
+    a.set_yscale("log")
+    a.legend()
+    for key, label in (("eval_wer", "dev WER"), ("eval_cer", "dev CER")):
+        x, y = series(key)
+        if x:
+            b.plot(x, y, "o-", label=label)
+    b.set_xlabel("update")
+    b.set_ylim(0, max(1.05, b.get_ylim()[1]))
+    b.set_ylabel("error rate")
+    b.legend()
+    fig.suptitle(metrics_csv.parent.name)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def write_model_card(out: Path, cfg: TrainConfig, metrics: dict, state, freeze_history, nonfinite: int) -> Path:
+    """README.md: what was trained on what, the eval table, how to use it."""
+    lines = [
+        f"# {out.name}",
+        "",
+        f"Wav2Vec2 CTC model fine-tuned with `lrl train` from `{cfg.model.checkpoint}` on `{cfg.data.path}` "
+        f"({state.global_step} updates, best checkpoint by dev WER: `{state.best_model_checkpoint or 'n/a'}`).",
+        "",
+        "| split | WER | CER | loss |",
+        "|---|---|---|---|",
+    ]
+    for prefix, split in (("eval", cfg.data.eval_split), ("test", cfg.data.test_split)):
+        if f"{prefix}_wer" in metrics:
+            lines.append(f"| {split} | {metrics[f'{prefix}_wer']:.4f} | {metrics[f'{prefix}_cer']:.4f} | "
+                         f"{metrics.get(f'{prefix}_loss', float('nan')):.4f} |")
+    lines += [
+        "",
+        "Greedy decoding (no language model), WER/CER with jiwer on text normalised by `normalizer.json`.",
+        "",
+        "## Training",
+        "",
+        f"- LR {cfg.optim.lr:g} ({cfg.optim.schedule}, warmup {cfg.optim.warmup_steps}), layer decay "
+        f"{cfg.optim.layer_decay:g}, head x{cfg.optim.head_lr_mult:g}; dynamic batches of <= {cfg.batching.max_seconds:g} s of audio",
+        f"- freeze schedule (step: trainable / total parameters): "
+        + ", ".join(f"{s}: {t:,}/{n:,}" for s, t, n in freeze_history),
+        f"- non-finite losses skipped: {nonfinite}",
+        f"- full config: `{CONFIG_FILE}`; curves: `{CURVES_FILE}`; log: `{METRICS_FILE}`, TensorBoard in `runs/`",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f'asr = pipeline("automatic-speech-recognition", model="{out}")',
+        'print(asr(audio_16khz_float32_numpy)["text"])',
+        "```",
+        "",
+    ]
+    path = out / "README.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def estimate_steps_per_epoch(durations, batching: BatchingConfig, world: int = 1) -> int:
+    from lrl.batching import pack_batches
+
+    return math.ceil(len(pack_batches(durations, batching.max_seconds, batching.max_batch_size, batching.seed)) / world)
