@@ -95,7 +95,7 @@ def _pick(header: list[str], wanted: str | None, candidates: tuple[str, ...], wh
     col = wanted or next((c for c in candidates if c in header), None)
     if col is None or col not in header:
         want = repr(wanted) if wanted else f"one of {list(candidates)}"
-        raise LrlError(f"{path}: no {want} {what} column; its columns are {header}. Name it with --{what}-column.")
+        raise LrlError(f"{path}: no {what} column ({want}); its columns are {header}. Name it with --{what}-column.")
     return col
 
 
@@ -221,9 +221,9 @@ def _votes(row: _Row) -> tuple[int, int] | None:
 
 
 def fingerprint(config: PrepareConfig, tables: list[Path], rows: list[_Row], vocab_dir: Path | None) -> str:
-    """sha256 of the config (without num_proc/overwrite), the tables and clips read (size + mtime), the vocab."""
+    """sha256 of the config (without num_proc, overwrite, licence), the tables and clips read (size + mtime), the vocab."""
     h = hashlib.sha256()
-    cfg = {k: v for k, v in config.to_dict().items() if k not in ("num_proc", "overwrite")}
+    cfg = {k: v for k, v in config.to_dict().items() if k not in ("num_proc", "overwrite", "licence")}
     h.update(json.dumps({"format": FORMAT_VERSION, "config": cfg}, sort_keys=True, default=str).encode())
     for p in [*tables, *(r.file for r in rows if r.file is not None)]:
         try:
@@ -244,7 +244,7 @@ def _decode(path: Path):
     try:
         return load_audio(path, SAMPLE_RATE), None
     except AudioError as e:
-        return None, ("missing_clip" if e.reason == "missing" else e.reason, str(e))
+        return None, ("missing_clip" if e.reason == "missing" else e.reason, str(e).replace(f"{path}: ", ""))
     except Exception as e:  # noqa: BLE001 - one odd clip must not end a run of thousands
         return None, ("not_audio", f"{type(e).__name__}: {e}")
 
@@ -344,7 +344,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     if vocab_dir is not None:
         vocab, vocab_source = Vocab.load(vocab_dir), str(vocab_dir)
     else:
-        train = [r.sentence for r in pending if r.split == "train"]
+        train = [r.sentence for r in pending if r.split == "train" and "_missing_transcript" not in r.meta]
         if not train:
             raise LrlError(f"{src}: no train rows to build the vocabulary from; pass --vocab DIR or include train in --splits")
         vocab = build_vocab(train, NormalizerConfig(language=config.language)).vocab

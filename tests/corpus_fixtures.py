@@ -1,0 +1,114 @@
+"""Tiny corpora built in tmp_path from real clips of ../shared/data: a Common Voice folder with planted
+faults (and the outcome each row must have), a plain CV copy of N yo-cv clips, and an FSDD manifest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+CV_HEADER = ["client_id", "path", "sentence_id", "sentence", "sentence_domain", "up_votes", "down_votes",
+             "age", "gender", "accents", "variant", "locale", "segment"]
+
+
+def yo_rows(yo_cv: Path, table: str = "validated") -> list[dict]:
+    lines = (yo_cv / f"{table}.tsv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+def _write_tsv(path: Path, rows: list[dict], header: list[str] = CV_HEADER) -> None:
+    lines = ["\t".join(header)] + ["\t".join(r.get(h, "") for h in header) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _row(path: str, sentence: str, speaker: str = "spk1", up: str = "2", down: str = "0") -> dict:
+    return {"client_id": speaker, "path": path, "sentence": sentence, "up_votes": up, "down_votes": down, "locale": "yo"}
+
+
+def copy_cv(yo_cv: Path, dst: Path, n_train: int, n_dev: int = 0, n_test: int = 0) -> Path:
+    """A CV folder holding the first clips of yo-cv's train/dev/test tables (copied, not linked)."""
+    (dst / "clips").mkdir(parents=True)
+    for table, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        rows = yo_rows(yo_cv, table)[:n]
+        for r in rows:
+            shutil.copy(yo_cv / "clips" / r["path"], dst / "clips" / r["path"])
+        _write_tsv(dst / f"{table}.tsv", rows)
+    return dst
+
+
+def make_faulty_cv(yo_cv: Path, dst: Path) -> dict:
+    """A CV folder with one fault per row kind. Returns {"kept": {split: [ids]}, "skipped": {(split, id): reason}}."""
+    clips = dst / "clips"
+    clips.mkdir(parents=True)
+    real = yo_rows(yo_cv)
+    good = real[:9]
+    for r in good:
+        shutil.copy(yo_cv / "clips" / r["path"], clips / r["path"])
+    g = [(r["path"], r["sentence"]) for r in good]
+    stem = [Path(p).stem for p, _ in g]
+
+    src9 = (yo_cv / "clips" / real[9]["path"]).read_bytes()
+    (clips / "truncated.mp3").write_bytes(src9[: len(src9) // 3])
+    (clips / "empty.mp3").write_bytes(b"")
+    (clips / "notaudio.mp3").write_bytes(b"ID3 this is text, not an mp3 stream\n" * 20)
+    import soundfile as sf
+
+    t = np.arange(int(0.4 * 32000)) / 32000
+    sf.write(clips / "short.mp3", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 32000, format="MP3")
+    (dst / "secret.mp3").write_bytes(src9)  # a real clip outside clips/: must never be read
+
+    train = [
+        _row(g[0][0], g[0][1]), _row(g[1][0], g[1][1]), _row(g[2][0], g[2][1]), _row(g[3][0], g[3][1]),
+        _row("truncated.mp3", real[9]["sentence"]),
+        _row("empty.mp3", "ó dára"),
+        _row("missing.mp3", "ó dára"),
+        _row("notaudio.mp3", "ó dára"),
+        _row("../../etc/passwd", "ó dára"),
+        _row("../secret.mp3", "ó dára"),
+        _row("/etc/passwd", "ó dára"),
+        _row("short.mp3", "ó dára"),
+        _row(g[4][0], " ... !!! "),  # empty after normalisation
+        _row(g[0][0], g[0][1]),  # duplicate row
+        _row(g[5][0], g[5][1], up="1", down="3"),  # down-voted
+        _row(g[7][0], g[7][1]),  # also in test: the test copy is kept
+    ]
+    dev = [_row(g[6][0], g[0][1], speaker="spk2"),  # a sentence of train: no OOV by chance
+            _row(g[8][0], "жук " + g[8][1], speaker="spk2")]  # OOV
+    test = [_row(g[7][0], g[7][1], speaker="spk3")]
+    _write_tsv(dst / "train.tsv", train)
+    _write_tsv(dst / "dev.tsv", dev)
+    _write_tsv(dst / "test.tsv", test)
+    skipped = [
+        ("train", "truncated", "truncated"), ("train", "empty", "empty_file"), ("train", "missing", "missing_clip"),
+        ("train", "notaudio", "not_audio"), ("train", "passwd", "unsafe_path"), ("train", "secret", "unsafe_path"),
+        ("train", "passwd", "unsafe_path"), ("train", "short", "too_short"), ("train", stem[4], "empty_text"),
+        ("train", stem[0], "duplicate"), ("train", stem[5], "down_voted"), ("train", stem[7], "duplicate"),
+        ("dev", stem[8], "oov"),
+    ]
+    return {
+        "kept": {"train": stem[:4], "dev": [stem[6]], "test": [stem[7]]},
+        "skipped": skipped,
+        "read": {"train": len(train), "dev": len(dev), "test": len(test)},
+    }
+
+
+def fsdd_manifest(fsdd: Path, dst: Path, n: int, suffix: str = ".tsv") -> Path:
+    """A manifest beside copies of `n` FSDD recordings (path, text, speaker, split)."""
+    import json
+
+    lines = (fsdd / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]][: 20 * n : 20]
+    (dst / "rec").mkdir(parents=True, exist_ok=True)
+    out = []
+    for r in rows:
+        shutil.copy(fsdd / r["path"], dst / "rec" / Path(r["path"]).name)
+        out.append({"path": f"rec/{Path(r['path']).name}", "text": r["sentence"], "speaker": r["speaker"], "split": r["split"]})
+    path = dst / f"manifest{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(o) + "\n" for o in out), encoding="utf-8")
+    else:
+        path.write_text("path\ttext\tspeaker\tsplit\n" + "".join("\t".join(o.values()) + "\n" for o in out), encoding="utf-8")
+    return path
