@@ -572,7 +572,7 @@ class SpecAugmentConfig:
         if num_features is not None:
             axes.append(("feature", int(num_features), "hidden channels"))
         for axis, size, what in axes:
-            if getattr(self, f"mask_{axis}_prob") == 0 and getattr(self, f"mask_{axis}_min_masks") == 0:
+            if getattr(self, f"mask_{axis}_prob") == 0:  # the model skips this axis entirely
                 continue
             length, min_masks = getattr(self, f"mask_{axis}_length"), getattr(self, f"mask_{axis}_min_masks")
             limit = max(1, size // 2)
