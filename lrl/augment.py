@@ -603,7 +603,7 @@ def feature_frames(num_samples: int, model_config) -> int:
     """Encoder frames for a clip of `num_samples` (conv output-length formula; as
     `Wav2Vec2Model._get_feat_extract_output_lengths`, without an adapter)."""
     n = int(num_samples)
-    for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride):
+    for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride, strict=True):
         n = (n - kernel) // stride + 1
         if n <= 0:
             return 0
@@ -613,7 +613,7 @@ def feature_frames(num_samples: int, model_config) -> int:
 def min_samples_for_frames(frames: int, model_config) -> int:
     """The shortest input (samples) that gives `frames` encoder frames."""
     n = int(frames)
-    for kernel, stride in reversed(list(zip(model_config.conv_kernel, model_config.conv_stride))):
+    for kernel, stride in reversed(list(zip(model_config.conv_kernel, model_config.conv_stride, strict=True))):
         n = (n - 1) * stride + kernel
     return n
 

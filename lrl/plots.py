@@ -151,4 +151,4 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, end) index pairs of the True runs of a 1-D boolean array."""
     padded = np.concatenate([[False], np.asarray(mask, dtype=bool), [False]])
     edges = np.flatnonzero(np.diff(padded.astype(int)))
-    return list(zip(edges[::2], edges[1::2]))
+    return list(zip(edges[::2], edges[1::2], strict=True))

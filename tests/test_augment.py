@@ -52,15 +52,15 @@ def test_preset_is_deterministic_under_a_seed_and_keeps_dtype(preset, clips):
     a, b = WaveAugmenter(config, seed=7), WaveAugmenter(config, seed=7)
     outs_a = [a(x, SR) for x in clips * 2]
     outs_b = [b(x, SR) for x in clips * 2]
-    for x, ya, yb in zip(clips * 2, outs_a, outs_b):
+    for ya, yb in zip(outs_a, outs_b, strict=True):
         assert ya.dtype == np.float32 and ya.ndim == 1
         np.testing.assert_array_equal(ya, yb)
         assert np.isfinite(ya).all()
     other = [WaveAugmenter(config, seed=8)(x, SR) for x in clips * 2]
     if preset == "none":
-        assert all(np.array_equal(x, y) for x, y in zip(clips * 2, outs_a))
+        assert all(np.array_equal(x, y) for x, y in zip(clips * 2, outs_a, strict=True))
     else:  # a different seed gives a different run
-        assert any(len(y) != len(o) or not np.array_equal(y, o) for y, o in zip(outs_a, other))
+        assert any(len(y) != len(o) or not np.array_equal(y, o) for y, o in zip(outs_a, other, strict=True))
 
 
 def test_light_speed_changes_length_by_one_of_the_factors(clips):
@@ -106,8 +106,8 @@ def test_workers_get_different_draws_and_each_worker_repeats(clips):
     a = [w0(clips[0], SR) for _ in range(3)]
     b = [w1(clips[0], SR) for _ in range(3)]
     c = [w1_again(clips[0], SR) for _ in range(3)]
-    assert all(not np.array_equal(x, y) for x, y in zip(a, b))
-    assert all(np.array_equal(x, y) for x, y in zip(b, c))
+    assert all(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(b, c, strict=True))
     assert not np.array_equal(a[0], a[1])  # successive calls differ too
 
 
@@ -133,7 +133,7 @@ def test_dataloader_workers_do_not_repeat_each_other(clips):
     first, second = run(), run()
     # items 0, 2 come from worker 0 and 1, 3 from worker 1: all four draws must differ
     assert all(not np.array_equal(first[i], first[j]) for i in range(4) for j in range(i + 1, 4))
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))  # and the seeded run repeats
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))  # and the seeded run repeats
 
 
 def test_global_rngs_are_left_as_they_were(clips):
@@ -230,10 +230,10 @@ def test_only_the_train_split_is_augmented(clips):
     out = augment_train_split(splits, WaveAugmenter(config, seed=0))
     assert out["dev"] is splits["dev"] and out["test"] is splits["test"]
     for name in ("dev", "test"):
-        for row, clip in zip(out[name], clips):
+        for row, clip in zip(out[name], clips, strict=True):
             np.testing.assert_array_equal(np.asarray(row["audio"], dtype=np.float32), clip)
     train = out["train"][:2]
-    for y, clip, dur in zip(train["audio"], clips, train["duration"]):
+    for y, clip, dur in zip(train["audio"], clips, train["duration"], strict=True):
         assert abs(len(y) - len(clip) / 1.1) <= 1 and y.dtype == np.float32
         assert dur == pytest.approx(len(y) / SR)
     again = out["train"][:2]["audio"]  # on the fly: each read is a new draw
