@@ -1,0 +1,321 @@
+"""lrl.pretrain: config validation, the Gumbel schedule and its no-decay warning, collapse detection,
+crops from audio folders and prepared datasets, and short real runs on yo-cv clips (loss, logging,
+resume, collapse, CTC loading)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrl.pretrain import (
+    LOG_COLUMNS,
+    PretrainConfig,
+    check_temperature_decay,
+    collect_crops,
+    detect_collapse,
+    gumbel_temperature,
+    run_pretraining,
+)
+
+# A short CPU run: 2 s crops, 4 per batch, the schedule compressed so it is visible in 16 updates.
+FAST = PretrainConfig(
+    max_steps=16, batch_size=4, learning_rate=2e-3, warmup_steps=2, max_seconds=2.0, min_seconds=1.0,
+    gumbel_min_at_step=16, save_every=0, log_every=4, probe_crops=8, collapse_window=4, seed=3,
+)
+
+
+@pytest.fixture
+def clips(yo_cv, tmp_path) -> Path:
+    """A folder of 8 real Yoruba Common Voice clips (mp3, 32 kHz, ~10 s each)."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in sorted(p.name for p in (yo_cv / "clips").glob("*.mp3"))[:8]:
+        (folder / name).symlink_to(yo_cv / "clips" / name)
+    return folder
+
+
+def _log(out: Path) -> list[dict]:
+    with open(out / "pretrain_log.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------- config
+def test_defaults_are_the_wav2vec2_recipe():
+    c = PretrainConfig()
+    assert (c.mask_time_prob, c.mask_time_length, c.num_negatives) == (0.65, 10, 100)
+    assert (c.logit_temperature, c.diversity_weight) == (0.1, 0.1)
+    assert (c.max_gumbel_temperature, c.min_gumbel_temperature, c.gumbel_decay) == (2.0, 0.5, 0.999995)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("max_steps", 0, "max_steps must be >= 1"),
+        ("batch_size", 0, "batch_size must be >= 1"),
+        ("grad_accum", 0, "grad_accum must be >= 1"),
+        ("warmup_steps", -1, "warmup_steps must be >= 0"),
+        ("log_every", 0, "log_every must be >= 1"),
+        ("learning_rate", 0.0, "learning_rate must be > 0"),
+        ("max_grad_norm", -1.0, "max_grad_norm must be >= 0"),
+        ("mask_time_prob", 0.0, r"mask_time_prob must be in \(0, 1\]"),
+        ("mask_time_prob", 1.5, r"mask_time_prob must be in \(0, 1\]"),
+        ("logit_temperature", 0.0, "logit_temperature must be > 0"),
+        ("min_gumbel_temperature", 3.0, "min_gumbel_temperature must be in"),
+        ("gumbel_decay", 1.01, r"gumbel_decay must be in \(0, 1\]"),
+        ("gumbel_min_at_step", 0, "gumbel_min_at_step must be >= 1"),
+        ("min_seconds", 20.0, "min_seconds must be in"),
+        ("adam_betas", (0.9, 1.0), "adam_betas must be two numbers"),
+        ("splits", (), "splits must name at least one split"),
+        ("collapse_perplexity", 0.5, "collapse_perplexity must be >= 1"),
+    ],
+)
+def test_config_validation(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        PretrainConfig(**{field: value})
+
+
+# ----------------------------------------------------------------------------------------- schedule
+def test_gumbel_temperature_follows_the_schedule():
+    c = PretrainConfig()
+    assert gumbel_temperature(0, c) == 2.0
+    assert gumbel_temperature(1000, c) == pytest.approx(2.0 * 0.999995**1000)
+    assert gumbel_temperature(10**7, c) == 0.5  # floored
+    # "reach the floor at step N": the decay is derived from the range
+    c = PretrainConfig(gumbel_min_at_step=100)
+    assert c.decay == pytest.approx(0.25 ** (1 / 100))
+    temps = [gumbel_temperature(s, c) for s in range(120)]
+    assert temps[100] == pytest.approx(0.5) and temps[99] > 0.5 and temps[119] == 0.5
+    assert all(a >= b for a, b in zip(temps, temps[1:], strict=False))
+
+
+def test_no_decay_warning():
+    # the recipe's decay over a short run stays at ~2.0 (SpeechBrain #1503): warn, with the fix
+    msg = check_temperature_decay(PretrainConfig(max_steps=1000))
+    assert msg and "gumbel_min_at_step" in msg and "277" in msg
+    assert "never" in check_temperature_decay(PretrainConfig(max_steps=1000, gumbel_decay=1.0))
+    assert check_temperature_decay(PretrainConfig(max_steps=1000, gumbel_min_at_step=800)) is None
+    assert check_temperature_decay(PretrainConfig(max_steps=400_000)) is None
+
+
+def test_detect_collapse_on_perplexity_series():
+    healthy = [40.0, 38.0, 35.0, 36.0, 37.0]
+    collapsed = healthy + [2.1, 2.0, 2.0, 2.0]  # two groups, ~one code each
+    assert not detect_collapse(healthy, num_groups=2, window=4, threshold=1.5)
+    assert detect_collapse(collapsed, num_groups=2, window=4, threshold=1.5)
+    assert not detect_collapse(collapsed[:-1], num_groups=2, window=4, threshold=1.5)  # only 3 in the window
+    assert not detect_collapse([2.0, 2.0], num_groups=2, window=4, threshold=1.5)  # too short to judge
+    with pytest.raises(ValueError, match="num_groups must be >= 1"):
+        detect_collapse(collapsed, num_groups=0, window=4, threshold=1.5)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def test_collect_crops_from_a_folder_counts_what_it_drops(clips, tmp_path):
+    (clips / "empty.wav").write_bytes(b"")
+    (clips / "notes.mp3").write_text("not audio")
+    import soundfile as sf
+
+    sf.write(clips / "short.wav", np.zeros(8000, dtype=np.float32), 16000)  # 0.5 s < min_seconds
+    crops, stats = collect_crops([clips], FAST)
+    assert stats.files == 9 and stats.unreadable == 2 and stats.too_short == 1
+    assert len(stats.unreadable_examples) == 2
+    assert stats.crops == len(crops) > 8  # ~10 s clips give several 2 s crops each
+    lengths = [len(c) for c in crops]
+    assert max(lengths) <= 2 * 16000 and min(lengths) >= 16000
+    assert all(c.dtype == np.float32 for c in crops)
+    assert stats.seconds == pytest.approx(sum(lengths) / 16000)
+
+
+def test_collect_crops_from_a_prepared_dataset(tmp_path, rng):
+    from datasets import Dataset, DatasetDict, Features, List, Value
+
+    feats = Features({"id": Value("string"), "audio": List(Value("float32")), "text": Value("string")})
+
+    def split(lengths):
+        return Dataset.from_dict(
+            {"id": [str(i) for i in range(len(lengths))],
+             "audio": [rng.standard_normal(n).astype(np.float32) for n in lengths],
+             "text": ["x"] * len(lengths)},
+            features=feats,
+        )
+
+    DatasetDict({"train": split([48000, 20000, 8000]), "dev": split([32000])}).save_to_disk(tmp_path / "ds")
+    cfg = replace(FAST, max_seconds=2.0, min_seconds=1.0)
+    crops, stats = collect_crops([tmp_path / "ds"], cfg)
+    # 3 s -> 2 s + 1 s; 1.25 s -> one crop; 0.5 s dropped; dev not read by default
+    assert stats.dataset_rows == 3 and stats.too_short == 1
+    assert sorted(len(c) for c in crops) == [16000, 20000, 32000]
+    crops, stats = collect_crops([tmp_path / "ds"], replace(cfg, splits=("train", "dev")))
+    assert stats.dataset_rows == 4 and len(crops) == 4
+    from lrl.io import LrlError
+
+    with pytest.raises(LrlError, match="none of the splits"):
+        collect_crops([tmp_path / "ds"], replace(cfg, splits=("test",)))
+
+
+def test_no_usable_audio_raises(tmp_path):
+    from lrl.io import LrlError
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "bad.wav").write_bytes(b"RIFF")
+    with pytest.raises(LrlError, match="no usable audio"):
+        collect_crops([tmp_path / "a"], FAST)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(LrlError, match="no audio files"):
+        collect_crops([tmp_path / "b"], FAST)
+
+
+# ----------------------------------------------------------------------------------------- runs
+def test_short_run_lowers_contrastive_loss_logs_and_loads_for_ctc(clips, tmp_path, caplog):
+    from transformers import Wav2Vec2ForCTC
+
+    from lrl.model import init_tiny
+
+    # a checkpoint with its own SpecAugment settings, which the output must keep
+    ckpt = init_tiny(tmp_path / "start", "test", mask_feature_prob=0.1, mask_time_prob=0.07)
+    out = tmp_path / "out"
+    result = run_pretraining([clips], out, FAST, model=ckpt)
+
+    # fixed batch, fixed masks and negatives, eval mode: the contrastive loss went down
+    assert result.probe_after < result.probe_before - 0.05
+    rows = _log(out)
+    assert list(rows[0]) == list(LOG_COLUMNS) and len(rows) == FAST.max_steps
+    for r in rows:
+        s = int(r["step"])
+        assert float(r["temperature"]) == pytest.approx(gumbel_temperature(s, FAST), rel=1e-5)
+        ppl = float(r["perplexity"])
+        assert math.isfinite(ppl) and 1.0 <= ppl <= 2 * 32  # 2 groups x 32 codes in the tiny model
+        assert 0.2 < float(r["masked_share"]) < 0.8
+        assert math.isfinite(float(r["contrastive"])) and float(r["diversity"]) >= 0
+    assert float(rows[0]["lr"]) == 0.0 and float(rows[2]["lr"]) == pytest.approx(FAST.learning_rate)
+    assert float(rows[-1]["temperature"]) < 0.6  # the compressed schedule is visible
+    assert result.final_perplexity == pytest.approx(float(rows[-1]["perplexity"]), rel=1e-4)
+
+    # the output starts CTC fine-tuning: only the new head missing, only pretraining heads unused
+    model, info = Wav2Vec2ForCTC.from_pretrained(out, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"lm_head.weight", "lm_head.bias"}
+    assert info["unexpected_keys"] and all(
+        k.startswith(("quantizer.", "project_q.", "project_hid.")) for k in info["unexpected_keys"]
+    )
+    assert not info["mismatched_keys"]
+    assert model.config.mask_feature_prob == 0.1 and model.config.mask_time_prob == 0.07
+    # ... and through the train stage's loader, without a warning about weights
+    from lrl.model import load_for_ctc
+
+    with caplog.at_level(logging.WARNING):
+        ctc = load_for_ctc(out, vocab_size=12)
+    assert ctc.lm_head.out_features == 12
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    summary = json.loads((out / "pretrain_summary.json").read_text())
+    assert summary["steps"] == FAST.max_steps and summary["inputs"]["files"] == 8
+
+
+def test_resume_continues_the_schedule_and_the_run_exactly(clips, tmp_path):
+    cfg = replace(FAST, max_steps=8, save_every=4, gumbel_min_at_step=8, probe_crops=0)
+    full = tmp_path / "full"
+    run_pretraining([clips], full, cfg, fresh="tiny-test")
+    assert (full / "checkpoint-4" / "optimizer.pt").is_file()
+
+    # an interrupted run: only the step-4 checkpoint and the log up to it survive
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copytree(full / "checkpoint-4", part / "checkpoint-4")
+    with open(part / "pretrain_log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+        w.writeheader()
+        w.writerows(_log(full)[:6])  # two rows past the checkpoint: they must be replaced
+    result = run_pretraining([clips], part, cfg, resume=True)
+    assert result.start_step == 4
+
+    a, b = _log(full), _log(part)
+    assert [r["step"] for r in b] == [str(s) for s in range(8)]
+    for ra, rb in zip(a[4:], b[4:], strict=True):
+        assert float(rb["temperature"]) == float(ra["temperature"]) == pytest.approx(
+            gumbel_temperature(int(ra["step"]), cfg), rel=1e-5
+        )
+        assert float(rb["lr"]) == pytest.approx(float(ra["lr"]))
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4)
+
+
+def test_collapse_warning_on_a_collapsed_codebook(clips, tmp_path, caplog):
+    import torch
+    from transformers import Wav2Vec2ForPreTraining
+
+    from lrl.model import init_tiny
+
+    ckpt = init_tiny(tmp_path / "start", "test")
+    m = Wav2Vec2ForPreTraining.from_pretrained(ckpt)
+    groups, per_group = m.config.num_codevector_groups, m.config.num_codevectors_per_group
+    with torch.no_grad():  # every frame picks code 0 of each group, by a wide margin
+        m.quantizer.weight_proj.weight.zero_()
+        m.quantizer.weight_proj.bias.fill_(-50.0)
+        m.quantizer.weight_proj.bias[torch.arange(groups) * per_group] = 50.0
+    m.save_pretrained(ckpt)
+    cfg = replace(FAST, max_steps=5, learning_rate=1e-9, collapse_window=3, probe_crops=0)
+    with caplog.at_level(logging.WARNING, logger="lrl.pretrain"):
+        result = run_pretraining([clips], tmp_path / "out", cfg, model=ckpt)
+    assert result.collapse_warned
+    assert result.final_perplexity == pytest.approx(groups, rel=0.01)
+    assert any("codebook collapse" in r.getMessage() for r in caplog.records)
+
+    # the healthy tiny model does not trigger it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lrl.pretrain"):
+        result = run_pretraining([clips], tmp_path / "out2", cfg, fresh="tiny-test")
+    assert not result.collapse_warned
+    assert not any("codebook collapse" in r.getMessage() for r in caplog.records)
+
+
+def test_run_guards(clips, tmp_path):
+    from lrl.io import LrlError
+
+    with pytest.raises(ValueError, match="exactly one of"):
+        run_pretraining([clips], tmp_path / "x", FAST)
+    with pytest.raises(ValueError, match="--fresh must be one of"):
+        run_pretraining([clips], tmp_path / "x", FAST, fresh="huge")
+    with pytest.raises(LrlError, match="no checkpoint"):
+        run_pretraining([clips], tmp_path / "x", FAST, fresh="tiny-test", resume=True)
+    with pytest.raises(ValueError, match="mask_time_length"):
+        run_pretraining([clips], tmp_path / "x", replace(FAST, min_seconds=0.2), fresh="tiny-test")
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def test_cli_pretrain(cli, clips, tmp_path):
+    out = tmp_path / "out"
+    args = ["pretrain", clips, "--fresh", "tiny-test", "--out", out, "--steps", "3", "--batch-size", "4",
+            "--max-seconds", "2", "--min-seconds", "1", "--warmup", "1", "--lr", "1e-3"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "crops" in r.output and "updates 0->3" in r.output and "temperature" in r.output
+    # Sub-maximal schedule on 3 steps: the no-decay warning names the fix
+    assert (out / "model.safetensors").is_file() and len(_log(out)) == 3
+    again = cli(*args)  # the same --out without --resume: one line, no traceback
+    assert again.exit_code == 1 and "already holds a pretraining run" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_cli_defaults_match_the_config():
+    import inspect
+
+    from lrl.cli import pretrain
+
+    params = inspect.signature(pretrain).parameters
+    c = PretrainConfig()
+    pairs = {
+        "steps": c.max_steps, "batch_size": c.batch_size, "grad_accum": c.grad_accum, "lr": c.learning_rate,
+        "warmup": c.warmup_steps, "max_seconds": c.max_seconds, "min_seconds": c.min_seconds,
+        "mask_prob": c.mask_time_prob, "mask_length": c.mask_time_length, "negatives": c.num_negatives,
+        "diversity_weight": c.diversity_weight, "gumbel_decay": c.gumbel_decay,
+        "gumbel_min_at_step": c.gumbel_min_at_step, "split": list(c.splits), "seed": c.seed,
+        "save_every": c.save_every, "freeze_feature_encoder": c.freeze_feature_encoder,
+        "tensorboard": c.tensorboard,
+    }
+    for name, default in pairs.items():
+        assert params[name].default == default, name
