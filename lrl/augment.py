@@ -175,7 +175,7 @@ class BackgroundNoiseConfig:
 
 @dataclass(frozen=True)
 class Mp3Config:
-    """MP3 re-compression artefacts (needs `pip install fast-mp3-augment`)."""
+    """MP3 re-compression artefacts (needs the mp3 extra: `pip install 'lrl[mp3]'`)."""
 
     p: float = 0.2  # probability
     min_bitrate: int = 16  # kbps
@@ -385,7 +385,7 @@ def _audiomentations_step(key: str, cfg: Any) -> Callable:
         try:
             import fast_mp3_augment  # noqa: F401
         except ImportError as e:
-            raise ImportError("augment.mp3 needs the fast-mp3-augment package: pip install fast-mp3-augment") from e
+            raise ImportError("augment.mp3 needs the mp3 extra: pip install 'lrl[mp3]' (or fast-mp3-augment)") from e
         t = A.Mp3Compression(min_bitrate=cfg.min_bitrate, max_bitrate=cfg.max_bitrate, p=cfg.p)
     else:  # pragma: no cover - _TRANSFORMS and this table are kept in step
         raise ValueError(f"unknown transform {key!r}")

@@ -164,6 +164,19 @@ def test_reverb_and_background_noise_from_folders(tmp_path, clips, shared_data):
     assert [s.split()[0] for s in aug.last_applied] == ["reverb", "background"]
 
 
+def test_mp3_works_with_its_extra_or_says_how_to_install_it(clips):
+    config = WaveAugmentConfig.from_dict({"mp3": {"p": 1.0, "min_bitrate": 16, "max_bitrate": 32}})
+    try:
+        import fast_mp3_augment  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'lrl\[mp3\]'"):
+            WaveAugmenter(config)
+        return
+    aug = WaveAugmenter(config, seed=0)
+    y = aug(clips[0], SR)
+    assert len(y) == len(clips[0]) and aug.last_applied[0].startswith("mp3")
+
+
 # -- the config: presets, dict/TOML form, errors ----------------------------------------------------
 def test_from_dict_forms_and_round_trip(tmp_path):
     assert WaveAugmentConfig.from_dict({"preset": "light"}) == WaveAugmentConfig.preset("light")
