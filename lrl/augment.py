@@ -630,24 +630,6 @@ class PreviewResult:
     source_seconds: float  # the clip's own duration
 
 
-def _load_clip(path: Path) -> np.ndarray:
-    try:
-        from lrl.audio import load_audio
-    except ImportError:  # the data stage not installed yet: soundfile + soxr does the common cases
-        import soundfile as sf
-        import soxr
-
-        try:
-            x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        except Exception as e:
-            from lrl.io import LrlError
-
-            raise LrlError(f"{path}: cannot read audio ({e})") from e
-        x = x.mean(axis=1)
-        return soxr.resample(x, sr, SAMPLE_RATE).astype(np.float32) if sr != SAMPLE_RATE else x
-    return load_audio(path, SAMPLE_RATE)
-
-
 def _write_wav(path: Path, x: np.ndarray) -> None:
     import io
 
@@ -675,7 +657,9 @@ def preview(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     audio, out_dir = Path(audio), Path(out_dir)
-    x = _load_clip(audio)
+    from lrl.audio import load_audio
+
+    x = load_audio(audio, SAMPLE_RATE)
     if len(x) == 0:
         raise ValueError(f"{audio}: the clip is empty; pick a clip with speech")
     augmenter = WaveAugmenter(config, seed=seed)
