@@ -297,10 +297,83 @@ def augment_presets() -> None:
         typer.echo(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in kw.items()))
 
 
+class TinySizeOpt(str, Enum):
+    test = "test"
+    small = "small"
+
+
 @train_app.command("run")
-def train_run() -> None:
-    """Fine-tune a Wav2Vec2 checkpoint with CTC."""
-    _not_built("train", 5)
+@_user_errors
+def train_run(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config: TOML or YAML with [data] [model] [optim] [freeze] [batching] [eval] tables.", exists=True, dir_okay=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset directory (`lrl data prepare`). Sets data.path.")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Starting checkpoint: hub id or local dir (pretraining, bare or CTC Wav2Vec2). Sets model.checkpoint.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory. Sets output_dir.")] = None,
+    init_head_from: Annotated[Optional[str], typer.Option(help="A fine-tuned CTC model dir: copy its head rows for shared characters.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = False,
+    adapter_lang: Annotated[Optional[str], typer.Option(help="MMS adapter mode: train adapters + head only, save adapter.<lang>.safetensors.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer updates. Sets optim.max_steps.", min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the top layer. Sets optim.lr.")] = None,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Seconds of padded audio per batch. Sets batching.max_seconds.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the output directory.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set optim.layer_decay=0.8 (repeatable).")] = None,
+) -> None:
+    """Fine-tune a Wav2Vec2 checkpoint with CTC (multi-process: torchrun --nproc_per_node=N -m lrl train run ...)."""
+    from lrl.train import load_config, parse_overrides, train
+
+    overrides = parse_overrides(set_ or [])
+    named = {"data.path": data, "model.checkpoint": checkpoint, "output_dir": out, "model.init_head_from": init_head_from,
+             "model.adapter_lang": adapter_lang, "optim.max_steps": max_steps, "optim.lr": lr,
+             "batching.max_seconds": max_seconds}
+    overrides.update({k: str(v) if isinstance(v, Path) else v for k, v in named.items() if v is not None})
+    if allow_pickle:
+        overrides["model.allow_pickle"] = True
+    if resume:
+        overrides["resume"] = True
+    result = train(load_config(config, overrides))
+    m = result.metrics
+    scores = ", ".join(f"{k} {m[k]:.4f}" for k in ("eval_wer", "eval_cer", "test_wer", "test_cer") if k in m)
+    typer.echo(f"{result.global_step} updates -> {result.output_dir}" + (f" ({scores})" if scores else ""))
+    if result.best_checkpoint:
+        typer.echo(f"best checkpoint by dev WER: {result.best_checkpoint}")
+    if result.nonfinite_skipped:
+        typer.echo(f"non-finite losses skipped: {result.nonfinite_skipped}")
+
+
+@train_app.command("init-tiny")
+@_user_errors
+def train_init_tiny(
+    out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
+    size: Annotated[TinySizeOpt, typer.Option(help="test (~36k parameters) or small (2.5M, trains on CPU in minutes).")] = TinySizeOpt.test,
+    seed: Annotated[int, typer.Option(help="Random seed of the initialisation.")] = 0,
+) -> None:
+    """Write a small randomly initialised Wav2Vec2ForPreTraining checkpoint with the XLS-R structure."""
+    from lrl.model import init_tiny
+
+    typer.echo(f"wrote {init_tiny(out, size.value, seed)}")
+
+
+@train_app.command("find-batch")
+@_user_errors
+def train_find_batch(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint to size batches for (hub id or local dir).")],
+    vocab_size: Annotated[int, typer.Option(help="Outputs of the CTC head.", min=2)] = 64,
+    memory_fraction: Annotated[float, typer.Option(help="Share of the available memory to plan for.", min=0.01, max=1.0)] = 0.5,
+    budget_mib: Annotated[Optional[int], typer.Option(help="Plan for this many MiB instead of a share of the available memory.", min=1)] = None,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length measured (use your longest clips: attention grows with length).", min=0.5)] = 4.0,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights.")] = False,
+) -> None:
+    """Largest batching.max_seconds whose training step fits the memory at hand."""
+    from lrl.batching import find_max_seconds
+    from lrl.model import load_for_ctc
+
+    model = load_for_ctc(checkpoint, vocab_size, 0, allow_pickle)
+    model.freeze_feature_encoder()
+    est = find_max_seconds(model, budget_mib * 2**20 if budget_mib else None, memory_fraction, clip_seconds)
+    typer.echo(
+        f"max_seconds {est.max_seconds:g} (budget {est.budget_bytes / 2**20:.0f} MiB: "
+        f"{est.fixed_bytes / 2**20:.1f} MiB weights+grads+AdamW, {est.bytes_per_second / 2**20:.2f} MiB per audio second)"
+    )
 
 
 class LMBinaryOpt(str, Enum):
@@ -353,10 +426,41 @@ def lm_build(
     typer.echo(f"{order}-gram LM ({counts}, {r.n_unigrams} unigrams) in {r.seconds:.1f}s -> {r.model_path}")
 
 
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
 @lm_app.command("tune")
-def lm_tune() -> None:
-    """Tune alpha/beta on cached dev log-probs."""
-    _not_built("lm tune", 6)
+@_user_errors
+def lm_tune(
+    model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
+    data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
+    lm: Annotated[Optional[Path], typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
+    split: Annotated[str, typer.Option(help="Split to tune on (never test).")] = "dev",
+    alphas: Annotated[str, typer.Option(help="Coarse grid of alpha (LM weight), comma-separated.")] = "0,0.5,1,1.5,2,2.5",
+    betas: Annotated[str, typer.Option(help="Coarse grid of beta (word insertion bonus), comma-separated.")] = "-2,-1,0,1,2,3",
+    refine: Annotated[bool, typer.Option(help="Refine around the best point at half steps.")] = True,
+    grid_beam: Annotated[int, typer.Option(help="Beam width during the grid search.", min=1)] = 32,
+    beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best WER wins.")] = "16,32,64,100",
+    workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).", min=0)] = 0,
+    install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = True,
+) -> None:
+    """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
+    from lrl.evaluate import TuneConfig, tune
+
+    cfg = TuneConfig(
+        alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, grid_beam=grid_beam,
+        beam_widths=tuple(int(b) for b in _floats(beam_widths, "--beam-widths")), workers=workers,
+    )
+    r, out = tune(model, data, lm=lm, split=split, config=cfg, install=install)
+    b = r.best
+    typer.echo(f"{split} WER: greedy {r.greedy_wer:.2%} | defaults alpha=0.5 beta=1.5 {r.default.wer:.2%} | "
+               f"tuned alpha={b.alpha:g} beta={b.beta:g} beam={b.beam_width} {b.wer:.2%} (CER {b.cer:.2%})")
+    typer.echo("beams: " + ", ".join(f"{p.beam_width}: {p.wer:.2%} in {p.seconds:.1f}s" for p in r.beams))
+    typer.echo(f"wrote {model / 'decoder.json'}; grid and heatmap: {out}/grid.tsv {out}/heatmap.png")
 
 
 class FreshOpt(str, Enum):
@@ -420,18 +524,81 @@ def pretrain(
 
 
 @app.command()
-def evaluate() -> None:
+@_user_errors
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
+    data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    lm: Annotated[Optional[Path], typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model if tuned/installed).", exists=True)] = None,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dir for utterances.tsv and summary.json (default MODEL/eval-SPLIT).")] = None,
+    max_utterances: Annotated[Optional[int], typer.Option(help="Only the first N utterances.", min=1)] = None,
+    batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = 60.0,
+    cache: Annotated[bool, typer.Option(help="Reuse/keep log-probs in DATA/.lrl-cache/logits.")] = True,
+    workers: Annotated[int, typer.Option(help="LM decoding processes (0 = all cores).", min=0)] = 0,
+) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM."""
-    _not_built("evaluate", 6)
+    from lrl.evaluate import EvalConfig, evaluate as run_evaluate
+
+    cfg = EvalConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers)
+    r = run_evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
+    skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.items())
+    typer.echo(f"{split}: {r.n} utterances" + (f" ({skipped} skipped)" if skipped else "")
+               + ("; log-probs from the cache" if r.cached else ""))
+    if r.decoder:
+        typer.echo(f"LM {r.decoder['lm']} alpha={r.decoder['alpha']:g} beta={r.decoder['beta']:g} beam={r.decoder['beam_width']}")
+    typer.echo(r.table())
+    typer.echo(f"per utterance: {r.out_dir / 'utterances.tsv'}")
 
 
 @app.command()
-def transcribe() -> None:
+@_user_errors
+def transcribe(
+    model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
+    audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).", exists=True)],
+    lm: Annotated[Optional[Path], typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file, with word timestamps.")] = False,
+    chunk_seconds: Annotated[float, typer.Option(help="Long audio is decoded in chunks of this many seconds.")] = 20.0,
+    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = 2.0,
+) -> None:
     """Transcribe audio files or folders."""
-    _not_built("transcribe", 6)
+    import json
+
+    from lrl.evaluate import TranscribeConfig, transcribe as run_transcribe
+
+    cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm)
+    for t in run_transcribe(model, audio, cfg, lm=lm):
+        typer.echo(json.dumps(t.to_dict(), ensure_ascii=False) if json_out else f"{t.path}\t{t.text}")
 
 
 @app.command()
-def demo() -> None:
-    """The whole path on a small synthesised corpus."""
-    _not_built("demo", 8)
+@_user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
+    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 700,
+    train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 8.0,
+    pretrain_steps: Annotated[int, typer.Option(help="Self-supervised warm-up updates before fine-tuning (0 = skip).", min=0)] = 60,
+    n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of corpus, model and training.")] = 0,
+) -> None:
+    """The whole path on a Swahili corpus lrl synthesises with espeak-ng (no data to download):
+    vocab -> data -> augment -> pretrain -> train -> LM -> tune -> evaluate, then a results table."""
+    from lrl.demo import DemoConfig, rerun_commands, run_demo
+
+    cfg = DemoConfig(out=str(out), train_steps=train_steps, train_minutes=train_minutes,
+                     pretrain_steps=pretrain_steps, n_train=n_train, seed=seed)
+    res = run_demo(cfg, say=typer.echo)
+    typer.echo("\nResults on the synthesised test set (80 unseen sentences):\n")
+    typer.echo(res.eval_table)
+    if res.greedy and res.lm:
+        gain = (res.greedy["wer"] - res.lm["wer"]) / res.greedy["wer"] if res.greedy["wer"] else 0.0
+        typer.echo(f"\nLM: alpha={res.decoder.get('alpha')} beta={res.decoder.get('beta')} (tuned on dev); "
+                   f"relative WER change with the LM: {-gain:+.1%}")
+    typer.echo("\nStage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in res.stage_seconds.items()))
+    typer.echo("\nArtefacts:")
+    for what, where in res.artefacts.items():
+        typer.echo(f"  {what:<48} {where}")
+    typer.echo("\nThe same stages on your own data:")
+    for cmd in rerun_commands(res):
+        typer.echo(f"  {cmd}")

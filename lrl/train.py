@@ -205,7 +205,8 @@ def _coerce(value, default, key: str):
         try:
             value = json.loads(value) if not (isinstance(default, bool) and value.lower() in ("true", "false")) else value.lower() == "true"
         except json.JSONDecodeError as e:
-            raise ValueError(f"{key}: expected a {type(default).__name__}, got {value!r}") from e
+            kind = {bool: "true or false", int: "an integer", float: "a number", tuple: "a list"}.get(type(default), "a value")
+            raise ValueError(f"{key}: expected {kind}, got {value!r}") from e
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"{key}: expected true or false, got {value!r}")
@@ -252,6 +253,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise
         except Exception as e:
             raise LrlError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
+    if isinstance(data, dict):
+        data.pop("resolved", None)  # what a run measured (train_config.yaml of an output dir): informational
     cfg = TrainConfig.from_dict(data)
     return cfg.with_overrides(overrides or {}) if overrides else cfg
 
@@ -528,6 +531,22 @@ def _make_augmenter(cfg: TrainConfig):
     return WaveAugmenter(WaveAugmentConfig.preset(cfg.data.augment), seed=cfg.seed)
 
 
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint-N of `out` that was completely written (trainer_state.json is saved last).
+    Partial ones (a run killed while saving) are removed with a warning."""
+    import shutil
+
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]), reverse=True)
+    for p in ckpts:
+        if (p / "trainer_state.json").is_file():
+            return str(p)
+        if int(os.environ.get("RANK", "0")) == 0:
+            logger.warning("%s was not completely written (the run stopped while saving): removing it", p)
+            shutil.rmtree(p, ignore_errors=True)
+    return None
+
+
 def _by_duration(ds):
     """The split sorted by duration (evaluation batches then need little padding)."""
     return ds.select(np.argsort(np.asarray(ds["duration"], dtype=np.float64), kind="stable").tolist())
@@ -537,7 +556,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune `cfg.model.checkpoint` with CTC on `cfg.data.path`; write everything to `cfg.output_dir`."""
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from lrl.model import load_for_ctc, transfer_head
     from lrl.schedule import FreezeScheduleCallback
@@ -555,7 +573,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if out.is_dir() and any(out.glob("checkpoint-*")):
         if not cfg.resume:
             raise LrlError(f"{out} already holds checkpoints: pass --resume to continue that run, or choose another --out")
-        resume_from = get_last_checkpoint(str(out))
+        resume_from = last_complete_checkpoint(out)
         logger.info("resuming from %s", resume_from)
     elif cfg.resume:
         logger.info("--resume: no checkpoint in %s yet, starting from the beginning", out)

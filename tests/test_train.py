@@ -1,0 +1,406 @@
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrl.model import init_tiny, load_for_ctc, transfer_head
+from lrl.train import (
+    CTCCollator,
+    TrainConfig,
+    load_config,
+    make_compute_metrics,
+    parse_overrides,
+    warn_if_collapsed,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LRL = str(ROOT / ".venv" / "bin" / "lrl")
+
+
+# -- fixtures: a tiny prepared dataset (the data contract) from real FSDD clips --------------------------
+def make_fsdd_dataset(fsdd: Path, out: Path, n_train: int, n_dev: int, n_test: int = 0) -> Path:
+    """A DatasetDict saved as `lrl data prepare` does (id, audio 16 kHz float32 list, text, sentence,
+    duration, speaker) with DIR/vocab, from the spoken-digit recordings."""
+    import datasets
+    import soundfile as sf
+    import soxr
+
+    from lrl.text import NormalizerConfig
+    from lrl.vocab import Vocab
+
+    rows = [line.split("\t") for line in (fsdd / "metadata.tsv").read_text().splitlines()[1:] if line.strip()]
+    train = [r for r in rows if r[3] == "train"]
+    test = [r for r in rows if r[3] == "test"]
+    pick_train = train[:: max(1, len(train) // n_train)][:n_train]
+    held = test[:: max(1, len(test) // (n_dev + n_test))][: n_dev + n_test]
+    features = datasets.Features({
+        "id": datasets.Value("string"), "audio": datasets.List(datasets.Value("float32")),
+        "text": datasets.Value("string"), "sentence": datasets.Value("string"),
+        "duration": datasets.Value("float64"), "speaker": datasets.Value("string"),
+    })
+
+    def build(rs):
+        d = {k: [] for k in features}
+        for path, sentence, speaker, _ in rs:
+            x, sr = sf.read(fsdd / path, dtype="float32")
+            x = soxr.resample(x, sr, 16000).astype(np.float32)
+            d["id"].append(path)
+            d["audio"].append(x)
+            d["text"].append(sentence)
+            d["sentence"].append(sentence)
+            d["duration"].append(len(x) / 16000)
+            d["speaker"].append(speaker)
+        return datasets.Dataset.from_dict(d, features=features)
+
+    splits = {"train": build(pick_train), "dev": build(held[:n_dev])}
+    if n_test:
+        splits["test"] = build(held[n_dev:])
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    Vocab.from_chars("".join(r[1] for r in rows), NormalizerConfig()).save(out / "vocab")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from conftest import SHARED_DATA
+
+    fsdd = SHARED_DATA / "fsdd"
+    if not fsdd.is_dir():
+        pytest.skip("shared FSDD data not found")
+    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=24, n_dev=6, n_test=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")
+
+
+def _vocab(tiny_data):
+    from lrl.vocab import Vocab
+
+    return Vocab.load(tiny_data / "vocab")
+
+
+# -- configuration --------------------------------------------------------------------------------
+def test_toml_and_yaml_configs_with_cli_overrides(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('output_dir = "o"\n[optim]\nlr = 3e-4\nlayer_decay = 0.8\n[freeze]\nfreeze_encoder_steps = 100\n')
+    yml = tmp_path / "run.yaml"
+    yml.write_text("output_dir: o\noptim:\n  lr: 3.0e-4\n  layer_decay: 0.8\nfreeze:\n  freeze_encoder_steps: 100\n")
+    a, b = load_config(toml), load_config(yml)
+    assert a == b and a.optim.lr == 3e-4 and a.freeze.freeze_encoder_steps == 100
+    c = load_config(toml, parse_overrides(["optim.lr=1e-3", "batching.max_seconds=20", "resume=true"]))
+    assert c.optim.lr == 1e-3 and c.batching.max_seconds == 20.0 and c.resume is True
+    assert c.optim.layer_decay == 0.8  # untouched keys keep the file's value
+    # the saved form of a config loads back to the same config
+    from lrl.train import save_config
+
+    save_config(c, tmp_path)
+    assert load_config(tmp_path / "train_config.yaml") == c
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"optim.lrr": "1"}, "unknown config key"),
+        ({"nosuch.lr": "1"}, "unknown config section"),
+        ({"optim.max_steps": "many"}, "expected an integer"),
+        ({"optim.lr": "-1"}, "lr must be > 0"),
+        ({"optim.schedule": "step"}, "schedule"),
+        ({"optim.max_steps": "0"}, "max_steps"),
+        ({"data.augment": "wild"}, "augment"),
+        ({"model.layerdrop": "1.5"}, "layerdrop"),
+        ({"eval.eval_steps": "0"}, "eval_steps"),
+        ({"precision": "fp8"}, "precision"),
+    ],
+)
+def test_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig().with_overrides(overrides)
+
+
+def test_bad_config_file_and_override_syntax(tmp_path):
+    from lrl.io import LrlError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim\nlr = ")
+    with pytest.raises(LrlError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["optim.lr"])
+
+
+# -- loading checkpoints ----------------------------------------------------------------------------
+def test_pretraining_checkpoint_loads_for_ctc_without_warnings(tiny_ckpt, caplog):
+    with caplog.at_level(logging.WARNING):
+        model = load_for_ctc(tiny_ckpt, vocab_size=17, pad_token_id=0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert model.lm_head.out_features == 17
+    c = model.config
+    assert (c.pad_token_id, c.ctc_loss_reduction, c.ctc_zero_infinity) == (0, "mean", True)
+
+
+def test_bare_model_and_ctc_model_starts(tiny_ckpt, tmp_path, caplog):
+    import torch
+    from transformers import Wav2Vec2Model
+
+    bare = tmp_path / "bare"
+    Wav2Vec2Model.from_pretrained(tiny_ckpt).save_pretrained(bare)
+    a = load_for_ctc(bare, 11)
+    ctc = tmp_path / "ctc"
+    a.save_pretrained(ctc)
+    caplog.clear()  # the report of building the bare model above is not ours
+    with caplog.at_level(logging.WARNING):
+        b = load_for_ctc(ctc, 23)  # another vocabulary: the head is replaced, the encoder kept
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert b.lm_head.out_features == 23
+    k = "encoder.layers.0.attention.k_proj.weight"
+    assert torch.equal(a.wav2vec2.state_dict()[k], b.wav2vec2.state_dict()[k])
+
+
+def test_pickle_checkpoint_is_refused_without_the_flag(tiny_ckpt, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from lrl.io import LrlError
+
+    pkl = tmp_path / "pickled"  # the same checkpoint as an old-style pytorch_model.bin
+    pkl.mkdir()
+    shutil.copy(tiny_ckpt / "config.json", pkl / "config.json")
+    torch.save(load_file(str(tiny_ckpt / "model.safetensors")), pkl / "pytorch_model.bin")
+    assert (pkl / "pytorch_model.bin").is_file() and not (pkl / "model.safetensors").exists()
+    with pytest.raises(LrlError, match="pickle"):
+        load_for_ctc(pkl, 10)
+    assert load_for_ctc(pkl, 10, allow_pickle=True).lm_head.out_features == 10
+
+
+def test_head_transfer_copies_the_rows_of_shared_characters(tiny_ckpt, tmp_path):
+    import torch
+
+    from lrl.text import NormalizerConfig
+    from lrl.vocab import Vocab
+
+    src_vocab = Vocab.from_chars("abcdexyz", NormalizerConfig())
+    src = load_for_ctc(tiny_ckpt, len(src_vocab))
+    torch.nn.init.normal_(src.lm_head.weight)
+    torch.nn.init.normal_(src.lm_head.bias)
+    src.save_pretrained(tmp_path / "src")
+    src_vocab.save(tmp_path / "src")
+    tgt_vocab = Vocab.from_chars("abcẹọṣ", NormalizerConfig())
+    tgt = load_for_ctc(tiny_ckpt, len(tgt_vocab))
+    before = tgt.lm_head.weight.detach().clone()
+    copied = transfer_head(tgt, tgt_vocab.tokens, tmp_path / "src")
+    assert set(copied) == {"[PAD]", "[UNK]", "|", "a", "b", "c"}
+    s2i = src_vocab.token_to_id
+    for i, tok in enumerate(tgt_vocab.tokens):
+        if tok in copied:
+            assert torch.equal(tgt.lm_head.weight[i], src.lm_head.weight[s2i[tok]])
+            assert tgt.lm_head.bias[i] == src.lm_head.bias[s2i[tok]]
+        else:
+            assert torch.equal(tgt.lm_head.weight[i], before[i])
+
+
+# -- pieces of the training step ---------------------------------------------------------------------
+def test_collator_pads_normalises_and_masks_labels(tiny_data):
+    vocab = _vocab(tiny_data)
+    rows = [{"audio": np.linspace(0, 1, 800, dtype=np.float32), "text": "one two"},
+            {"audio": np.ones(300, dtype=np.float32) * 3 + np.arange(300, dtype=np.float32), "text": "six"}]
+    batch = CTCCollator(vocab)(rows)
+    x, m, y = batch["input_values"].numpy(), batch["attention_mask"].numpy(), batch["labels"].numpy()
+    assert x.shape == (2, 800) and m[1].sum() == 300 and (x[1, 300:] == 0).all()
+    assert abs(x[1, :300].mean()) < 1e-4 and abs(x[1, :300].std() - 1) < 1e-3
+    assert vocab.decode([i for i in y[0] if i >= 0]) == "one two"
+    assert (y[1, 3:] == -100).all()
+
+
+def test_compute_metrics_decodes_greedy_ctc_and_scores_with_jiwer(tiny_data):
+    import jiwer
+    from transformers import EvalPrediction
+
+    vocab = _vocab(tiny_data)
+    tok = vocab.to_tokenizer()
+    t = vocab.token_to_id
+    # frames: o o _ n e | t w o o  -> "one two";   blank-only -> ""
+    pred = [[t["o"], t["o"], 0, t["n"], t["e"], t["|"], t["t"], t["w"], t["o"], t["o"]], [0] * 10]
+    refs = ["one two", "three"]
+    labels = [vocab.encode(r) + [-100] * (10 - len(r)) for r in refs]
+    m = make_compute_metrics(tok)(EvalPrediction(predictions=np.array(pred), label_ids=np.array(labels)))
+    assert m["wer"] == pytest.approx(jiwer.wer(refs, ["one two", ""]))
+    assert m["cer"] == pytest.approx(jiwer.cer(refs, ["one two", ""]))
+    assert m["blank_rate"] == 0.5
+
+
+def test_all_blank_predictions_get_a_warning_with_causes(caplog):
+    with caplog.at_level(logging.WARNING, logger="lrl.train"):
+        assert warn_if_collapsed({"eval_wer": 1.0, "eval_blank_rate": 1.0}, 200, TrainConfig())
+        assert not warn_if_collapsed({"eval_wer": 0.7, "eval_blank_rate": 0.1}, 200, TrainConfig())
+    assert "only blanks" in caplog.text and "warmup" in caplog.text and "vocab" in caplog.text
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tiny_data, tiny_ckpt, tmp_path):
+    import torch
+    from transformers import TrainingArguments
+
+    from lrl.train import _make_trainer_class
+
+    vocab = _vocab(tiny_data)
+    model = load_for_ctc(tiny_ckpt, len(vocab), ctc_zero_infinity=False)
+    cfg = TrainConfig()
+    Trainer = _make_trainer_class()
+    tr = Trainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"),
+                 lrl_config=cfg, durations=[1.0])
+    batch = CTCCollator(vocab)([{"audio": np.ones(16000, np.float32), "text": "one"}])
+    batch["input_values"][0, 5] = float("nan")
+    model.train()
+    loss = tr.compute_loss(model, batch)
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    assert tr.nonfinite_skipped == 1
+    loss.backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in model.parameters())
+
+
+# -- a whole run --------------------------------------------------------------------------------------
+def test_train_run_writes_a_pipeline_loadable_model_dir(tiny_data, tiny_ckpt, tmp_path, cli):
+    from transformers import pipeline
+
+    out = tmp_path / "run"
+    r = cli("train", "run", "--data", tiny_data, "--checkpoint", tiny_ckpt, "--out", out, "--max-steps", "8",
+            "--lr", "1e-3", "--max-seconds", "5", "--set", "optim.warmup_steps=2", "--set", "eval.eval_steps=4",
+            "--set", "eval.logging_steps=2", "--set", "freeze.freeze_encoder_steps=4",
+            "--set", "optim.layer_decay=0.8")
+    assert r.exit_code == 0, r.output
+    assert "8 updates" in r.output and "eval_wer" in r.output
+    for f in ("model.safetensors", "config.json", "processor_config.json", "vocab.json", "normalizer.json",
+              "train_config.yaml", "metrics.csv", "training_curves.png", "README.md"):
+        assert (out / f).is_file(), f
+    assert not list(out.glob("pytorch_model*"))  # safetensors only
+    assert list((out / "runs").rglob("events.out.tfevents*"))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["step"] for r in rows if r["eval_wer"]} == {"4", "8"}
+    card = (out / "README.md").read_text()
+    assert "| dev |" in card and "| test |" in card
+    assert load_config(out / "train_config.yaml").optim.max_steps == 8
+    asr = pipeline("automatic-speech-recognition", model=str(out))
+    got = asr(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1)
+    assert isinstance(got["text"], str)
+    # a second run into the same directory must not silently overwrite it
+    r2 = cli("train", "run", "--data", tiny_data, "--checkpoint", tiny_ckpt, "--out", out, "--max-steps", "8")
+    assert r2.exit_code == 1 and "--resume" in r2.output
+
+
+def test_adapter_mode_saves_an_adapter_file_that_load_adapter_reads(tiny_data, tiny_ckpt, tmp_path):
+    import torch
+    from transformers import Wav2Vec2ForCTC
+
+    from lrl.train import train
+
+    out = tmp_path / "adapter"
+    cfg = TrainConfig().with_overrides({
+        "output_dir": str(out), "data.path": str(tiny_data), "model.checkpoint": str(tiny_ckpt),
+        "model.adapter_lang": "yor", "optim.max_steps": 3, "optim.warmup_steps": 1, "optim.lr": 1e-3,
+        "eval.eval_steps": 3, "batching.max_seconds": 5.0, "data.test_split": "",
+    })
+    result = train(cfg)
+    assert result.global_step == 3
+    assert cfg.freeze.adapters
+    f = out / "adapter.yor.safetensors"
+    assert f.is_file()
+    model = Wav2Vec2ForCTC.from_pretrained(out)
+    base_adapter = {k: v.clone() for k, v in model._get_adapters().items()}
+    with torch.no_grad():
+        for v in model._get_adapters().values():
+            v.zero_()
+    model.load_adapter("yor")
+    for k, v in model._get_adapters().items():
+        assert torch.equal(v, base_adapter[k]), k
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+def test_sigkill_then_resume_continues_at_the_saved_step(tiny_data, tiny_ckpt, tmp_path):
+    out = tmp_path / "killed"
+    args = [LRL, "train", "run", "--data", str(tiny_data), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+            "--max-steps", "60", "--lr", "1e-3", "--max-seconds", "3", "--set", "eval.eval_steps=5",
+            "--set", "eval.save_total_limit=0", "--set", "data.max_eval_clips=2", "--set", "data.test_split="]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            done = [p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+            if len(done) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    from lrl.train import last_complete_checkpoint
+
+    saved = int(Path(last_complete_checkpoint(out)).name.split("-")[1])
+    assert 0 < saved < 60
+    logged_before = len(_read_rows(out / "metrics.csv"))
+    res = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{saved}'}" in res.stderr
+    assert "60 updates" in res.stdout
+    new_rows = _read_rows(out / "metrics.csv")[logged_before:]
+    steps = [int(r["step"]) for r in new_rows if r["loss"]]
+    assert steps and min(steps) > saved and max(steps) == 60
+    state = json.loads((out / f"checkpoint-60" / "trainer_state.json").read_text())
+    assert state["global_step"] == 60
+
+
+# -- slow: learning and distribution ------------------------------------------------------------------
+@pytest.mark.slow
+def test_fsdd_cer_falls_well_below_half_in_a_few_cpu_minutes(shared_data, tmp_path):
+    """ENV-NOTES calibration: 2.5M-parameter tiny model, ~16 s of audio per batch, lr 1.5e-3, warmup 30,
+    cosine -> ~10% CER in 5 CPU minutes."""
+    from lrl.train import train
+
+    data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=1200, n_dev=60, n_test=100)
+    ckpt = init_tiny(tmp_path / "small", "small")
+    cfg = TrainConfig().with_overrides({
+        "output_dir": str(tmp_path / "run"), "data.path": str(data), "model.checkpoint": str(ckpt),
+        "optim.lr": 1.5e-3, "optim.warmup_steps": 30, "optim.max_steps": 700, "batching.max_seconds": 16.0,
+        "freeze.freeze_feature_encoder": False, "model.spec_augment": "none", "eval.eval_steps": 100,
+        "eval.logging_steps": 25,
+    })
+    t0 = time.time()
+    result = train(cfg)
+    minutes = (time.time() - t0) / 60
+    print(f"FSDD: test CER {result.metrics['test_cer']:.3f} WER {result.metrics['test_wer']:.3f} in {minutes:.1f} min")
+    assert result.metrics["test_cer"] < 0.3
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_complete_a_few_steps(tiny_data, tiny_ckpt, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = str(ROOT / ".venv" / "bin" / "torchrun")
+    res = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29611", "-m", "lrl", "train", "run", "--data", str(tiny_data),
+         "--checkpoint", str(tiny_ckpt), "--out", str(out), "--max-steps", "6", "--max-seconds", "4",
+         "--set", "eval.eval_steps=3", "--set", "freeze.freeze_encoder_steps=2", "--set", "optim.warmup_steps=1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert (out / "model.safetensors").is_file()
+    cfg = (out / "train_config.yaml").read_text()
+    assert "world_size: 2" in cfg
