@@ -26,7 +26,7 @@ def log_mel(samples: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> tupl
 
     win = int(round(WIN_SECONDS * sample_rate))
     hop = int(round(HOP_SECONDS * sample_rate))
-    n_fft = 1 << (win - 1).bit_length()
+    n_fft = max(1024, 1 << (win - 1).bit_length())  # zero-padded: finer bins than the low mel bands (no stripes)
     fmax = sample_rate / 2
     filters = mel_filter_bank(n_fft // 2 + 1, n_mels, 0.0, fmax, sample_rate, norm="slaney", mel_scale="slaney")
     x = np.asarray(samples, dtype=np.float32)
