@@ -343,6 +343,8 @@ def _describe(key: str, prm: dict, x: np.ndarray) -> str:
     db = lambda ratio: 20 * np.log10(max(ratio, 1e-12))  # noqa: E731
     if key == "noise":
         noise = prm.get("noise_std", prm.get("desired_noise_rms", 0.0))
+        if noise <= 0:
+            return "noise (silent clip: none added)"
         slope = f", slope {prm['f_decay']:+.1f} dB/oct" if "f_decay" in prm else ""
         return f"noise {db(_rms(x) / max(noise, 1e-12)):.0f} dB SNR{slope}"
     return {
