@@ -31,6 +31,7 @@ LOG_COLUMNS = (
 # SpecAugment fields the pretraining loop overrides; saved checkpoints keep the model's own values, so a
 # fine-tuning run does not inherit pretraining's 65% masking as its SpecAugment.
 _SPEC_AUGMENT_FIELDS = ("apply_spec_augment", "mask_feature_prob")
+_RECIPE_GUMBEL_DECAY = 0.999995  # wav2vec 2.0: 2.0 -> 0.5 over ~277k updates
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class PretrainConfig:
     diversity_weight: float = 0.1  # alpha: weight of the codebook diversity loss
     max_gumbel_temperature: float = 2.0  # Gumbel-softmax temperature at step 0
     min_gumbel_temperature: float = 0.5  # floor of the temperature
-    gumbel_decay: float = 0.999995  # per-update factor (recipe: reaches the floor after ~277k updates)
+    gumbel_decay: float = _RECIPE_GUMBEL_DECAY  # per-update factor (recipe: reaches the floor after ~277k updates)
     gumbel_min_at_step: int | None = None  # if set, the decay that reaches the floor at this step (overrides)
     max_seconds: float = 15.0  # longer audio is cut into consecutive crops of at most this many seconds
     min_seconds: float = 2.0  # crops (and files) shorter than this are dropped, counted
@@ -81,7 +82,7 @@ class PretrainConfig:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        for name in ("weight_decay", "max_grad_norm", "diversity_weight"):
+        for name in ("weight_decay", "max_grad_norm", "diversity_weight", "adam_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.mask_time_prob <= 1:
@@ -95,8 +96,14 @@ class PretrainConfig:
             )
         if not 0 < self.gumbel_decay <= 1:
             raise ValueError(f"gumbel_decay must be in (0, 1], got {self.gumbel_decay}")
-        if self.gumbel_min_at_step is not None and self.gumbel_min_at_step < 1:
-            raise ValueError(f"gumbel_min_at_step must be >= 1 (or None), got {self.gumbel_min_at_step}")
+        if self.gumbel_min_at_step is not None:
+            if self.gumbel_min_at_step < 1:
+                raise ValueError(f"gumbel_min_at_step must be >= 1 (or None), got {self.gumbel_min_at_step}")
+            if self.gumbel_decay != _RECIPE_GUMBEL_DECAY:
+                raise ValueError(
+                    f"give gumbel_decay ({self.gumbel_decay}) or gumbel_min_at_step ({self.gumbel_min_at_step}), "
+                    "not both: the second sets the decay"
+                )
         if not 0 < self.min_seconds <= self.max_seconds:
             raise ValueError(
                 f"min_seconds must be in (0, max_seconds={self.max_seconds}], got {self.min_seconds}"
