@@ -589,7 +589,7 @@ def demo(
     cfg = DemoConfig(out=str(out), train_steps=train_steps, train_minutes=train_minutes,
                      pretrain_steps=pretrain_steps, n_train=n_train, seed=seed)
     res = run_demo(cfg, say=typer.echo)
-    typer.echo("\nResults on the synthesised test set (80 unseen sentences):\n")
+    typer.echo(f"\nResults on the synthesised test set ({res.n_test} sentences unseen in training and LM text):\n")
     typer.echo(res.eval_table)
     if res.greedy and res.lm:
         gain = (res.greedy["wer"] - res.lm["wer"]) / res.greedy["wer"] if res.greedy["wer"] else 0.0

@@ -1,0 +1,185 @@
+"""`lrl demo`: the whole path on a corpus lrl makes itself (espeak-ng Swahili, several voices, noise):
+vocab -> data -> augment preview -> short pretrain -> train -> LM -> tune -> evaluate, each stage through
+the same library call as its CLI command, ending in a results table and the commands to rerun a stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lrl.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "demo-out"  # everything goes here
+    n_train: int = 600  # synthesised training utterances (~3 s each)
+    n_dev: int = 60  # dev utterances (alpha/beta tuning, checkpoint choice)
+    n_test: int = 80  # test utterances (the reported WER/CER)
+    pretrain_steps: int = 60  # short self-supervised warm-up of the fresh model on the training audio (0 = skip)
+    train_steps: int = 700  # CTC fine-tuning updates (~16 s of audio each)
+    train_minutes: float = 8.0  # stop training after this much wall-clock time even if steps remain
+    lm_order: int = 3  # KenLM n-gram order
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("n_train", "n_dev", "n_test", "train_steps", "lm_order"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.pretrain_steps < 0:
+            raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
+        if self.train_minutes <= 0:
+            raise ValueError(f"train_minutes must be > 0, got {self.train_minutes}")
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    artefacts: dict[str, str] = field(default_factory=dict)
+    eval_table: str = ""
+    greedy: dict = field(default_factory=dict)
+    lm: dict = field(default_factory=dict)
+    decoder: dict = field(default_factory=dict)
+    n_test: int = 0
+
+
+def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = print) -> DemoResult:
+    """Run every stage; `say` receives one line per stage start/end (the CLI passes typer.echo)."""
+    from lrl import augment, data, evaluate, lm, pretrain, synth, train
+
+    config = config or DemoConfig()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = DemoResult(out=out)
+    stages = ["corpus", "data", "augment", "pretrain", "train", "lm", "tune", "evaluate"]
+
+    def stage(name: str):
+        i = stages.index(name) + 1
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+                say(f"[{i}/{len(stages)}] {name} ...")
+
+            def __exit__(self, *exc):
+                dt = time.perf_counter() - self.t0
+                res.stage_seconds[name] = dt
+                if exc[0] is None:
+                    say(f"[{i}/{len(stages)}] {name} done in {dt:.0f} s")
+
+        return _Stage()
+
+    corpus, data_dir = out / "corpus", out / "data"
+    ssl_dir, model_dir, lm_dir = out / "pretrained", out / "model", out / "lm"
+
+    with stage("corpus"):
+        if not (corpus / "test.tsv").is_file():
+            synth.make_swahili_demo_corpus(corpus, config.n_train, config.n_dev, config.n_test, seed=config.seed)
+        res.artefacts["corpus (Common Voice layout, espeak-ng)"] = str(corpus)
+
+    with stage("data"):
+        summary = data.prepare(
+            corpus, data_dir, data.PrepareConfig(language="sw", licence="cc0-1.0", num_proc=2),
+        )
+        res.artefacts["dataset (datasets, 16 kHz) + vocab"] = str(data_dir)
+        say("      " + "; ".join(data.format_summary(summary)[:3]))
+
+    with stage("augment"):
+        clip = sorted((corpus / "clips").glob("*_train_*.wav"))[0]
+        augment.preview(
+            clip, out / "augment_preview", augment.WaveAugmentConfig.preset("strong"), n=2, seed=config.seed,
+            specaugment=augment.SpecAugmentConfig.preset("hf-default"),
+        )
+        res.artefacts["augmentation preview (wav + png)"] = str(out / "augment_preview")
+
+    start = "tiny-small"
+    with stage("pretrain"):
+        if config.pretrain_steps > 0:
+            if not (ssl_dir / "model.safetensors").is_file():
+                pcfg = pretrain.PretrainConfig(
+                    max_steps=config.pretrain_steps, learning_rate=5e-4, warmup_steps=max(1, config.pretrain_steps // 10),
+                    gumbel_min_at_step=config.pretrain_steps, seed=config.seed,
+                )
+                pretrain.run_pretraining([data_dir], ssl_dir, pcfg, fresh="tiny-small")
+            start = str(ssl_dir)
+            res.artefacts["self-supervised start (Wav2Vec2ForPreTraining)"] = str(ssl_dir)
+        else:
+            from lrl.model import init_tiny
+
+            init_tiny(ssl_dir, "small", seed=config.seed)
+            start = str(ssl_dir)
+
+    with stage("train"):
+        run = {
+            "output_dir": str(model_dir),
+            "seed": config.seed,
+            "data": {"path": str(data_dir), "augment": "light"},
+            "model": {"checkpoint": start, "spec_augment": "hf-default"},
+            # From a (nearly) random start on CPU, updates beat batch size (ENV-NOTES): ~16 s of audio per
+            # update, a high peak LR, short warm-up, and the conv front end trained too.
+            "optim": {"lr": 1.5e-3, "warmup_steps": 30, "max_steps": config.train_steps, "schedule": "cosine"},
+            "freeze": {"freeze_feature_encoder": False},
+            "batching": {"max_seconds": 16.0},
+            "eval": {"eval_steps": max(50, config.train_steps // 5), "logging_steps": 10, "save_total_limit": 1},
+        }
+        if _has_max_minutes():
+            run["max_minutes"] = config.train_minutes
+        tcfg = train.TrainConfig.from_dict(run)
+        tr = train.train(tcfg)
+        res.artefacts["acoustic model (HF Wav2Vec2ForCTC + processor)"] = str(model_dir)
+
+    with stage("lm"):
+        lm.build_lm([corpus / "lm.txt"], data_dir / "vocab", lm_dir, lm.LMBuildConfig(order=config.lm_order))
+        res.artefacts["KenLM (pyctcdecode layout)"] = str(lm_dir)
+
+    with stage("tune"):
+        # a coarse grid: the demo's budget is minutes; `lrl lm tune` defaults search wider and refine
+        grid = evaluate.TuneConfig(alphas=(0.0, 0.5, 1.0, 1.5, 2.0), betas=(-1.0, 0.0, 1.0, 2.0), refine=False,
+                                   grid_beam=16, beam_widths=(16, 32))
+        tuned, _ = evaluate.tune(model_dir, data_dir, lm=lm_dir, split="dev", config=grid)
+        res.decoder = {"alpha": tuned.best.alpha, "beta": tuned.best.beta, "beam_width": tuned.best.beam_width}
+        res.artefacts["alpha/beta heatmap"] = str(model_dir / "tune-dev")
+
+    with stage("evaluate"):
+        ev = evaluate.evaluate(model_dir, data_dir, evaluate.EvalConfig(split="test"))
+        res.eval_table = ev.table()
+        res.n_test = ev.n
+        res.greedy = {"wer": ev.greedy.wer, "cer": ev.greedy.cer}
+        res.lm = {"wer": ev.lm.wer, "cer": ev.lm.cer} if ev.lm else {}
+        res.artefacts["per-utterance results"] = str(ev.out_dir)
+
+    atomic_write_text(out / "demo_summary.json", json.dumps({
+        "stage_seconds": res.stage_seconds, "greedy": res.greedy, "lm": res.lm, "decoder": res.decoder,
+        "train_steps": tr.global_step, "artefacts": res.artefacts,
+    }, indent=2) + "\n")
+    return res
+
+
+def _has_max_minutes() -> bool:
+    import dataclasses
+
+    from lrl.train import TrainConfig
+
+    return any(f.name == "max_minutes" for f in dataclasses.fields(TrainConfig))
+
+
+def rerun_commands(res: DemoResult) -> list[str]:
+    o = res.out
+    return [
+        "lrl vocab build YOUR_CV/train.tsv --out runs/vocab",
+        f"lrl data prepare YOUR_CV --out runs/data --language xx            # was: {o}/data",
+        "lrl augment preview CLIP.mp3 --preset strong --n 4 --out runs/aug",
+        "lrl pretrain runs/data --model facebook/wav2vec2-xls-r-300m --out runs/ssl   # optional",
+        "lrl train run --data runs/data --model runs/ssl --out runs/model   # or a local XLS-R/MMS directory",
+        "lrl lm build YOUR_TEXT.txt --vocab runs/data/vocab --order 3 --out runs/lm",
+        "lrl lm tune runs/model runs/data --lm runs/lm --split dev",
+        "lrl evaluate runs/model runs/data --split test",
+        "lrl transcribe runs/model AUDIO.wav --json",
+    ]
