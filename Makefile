@@ -7,7 +7,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/lrl doctor   # placeholder until `lrl demo` lands (issue 8)
+	$(VENV)/bin/lrl demo --out demo-out
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
