@@ -142,6 +142,7 @@ class TrainConfig:
     seed: int = 0  # model init, shuffling, augmentation
     precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
     resume: bool = False  # continue from the last checkpoint in output_dir
+    threads: int = 0  # torch CPU threads per process (0 = torch's default; 1 is often faster for tiny models on busy cores)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -150,6 +151,8 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.model.adapter_lang and not self.freeze.adapters:
@@ -602,6 +605,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     processor = vocab.to_processor(SAMPLE_RATE)
     tokenizer = processor.tokenizer
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     overrides = dict(layerdrop=cfg.model.layerdrop, hidden_dropout=cfg.model.hidden_dropout,
                      final_dropout=cfg.model.final_dropout)

@@ -1,0 +1,204 @@
+"""Training throughput of lrl's dynamic batches against the way HF's run_speech_recognition_ctc.py feeds
+the Trainer (fixed batch size, train_sampling_strategy="group_by_length", pad to the longest), on yo-cv
+with the same 2.5M-parameter XLS-R-shaped model; plus the training step's achieved FLOP/s against a
+measured CPU matmul rate.
+
+Each arm runs one pass over the same clips in its own subprocess (peak RSS from ru_maxrss); arms are
+interleaved (A B C A B C ...) and repeated, and ratios are medians over the repeats.
+
+    .venv/bin/python bench/train.py [--clips 160] [--repeats 2] [--max-seconds 60] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+YO_CV = ROOT.parent / "shared" / "data" / "yo-cv"
+WORK = Path(tempfile.gettempdir()) / "lrl-bench-train"
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    from lrl.data import PrepareConfig, prepare as prepare_data
+    from lrl.model import init_tiny
+
+    data = work / "yo"
+    if not (data / "dataset_dict.json").is_file():
+        prepare_data(YO_CV, data, PrepareConfig(max_duration=15.0, num_proc=2))
+    ckpt = work / "small"
+    if not (ckpt / "model.safetensors").is_file():
+        init_tiny(ckpt, "small", seed=0)
+    return data, ckpt
+
+
+def _batches(arm: str, durations: list[float], max_seconds: float, batch_size: int, seed: int) -> list[list[int]]:
+    if arm == "lrl":
+        from lrl.batching import BatchingConfig, DynamicBatchSampler
+
+        s = DynamicBatchSampler(durations, BatchingConfig(max_seconds=max_seconds, seed=seed))
+        return list(s)
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    g = torch.Generator().manual_seed(seed)
+    order = list(LengthGroupedSampler(batch_size, lengths=[int(d * 16000) for d in durations], generator=g))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_arm(arm: str, data: Path, ckpt: Path, clips: int, max_seconds: float, batch_size: int, threads: int,
+            flops: bool) -> dict:
+    """One pass over the first `clips` training clips; prints a JSON line with the measurements."""
+    import numpy as np
+    import torch
+
+    from lrl.data import load_prepared
+    from lrl.model import load_for_ctc
+    from lrl.train import CTCCollator
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dsd, vocab = load_prepared(data)
+    ds = dsd["train"].select(range(min(clips, len(dsd["train"])))).select_columns(["audio", "text", "duration"])
+    ds = ds.with_format("numpy")
+    durations = [float(d) for d in ds["duration"]]
+    model = load_for_ctc(ckpt, len(vocab), 0, mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.0)
+    model.freeze_feature_encoder()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    collate = CTCCollator(vocab)
+    batches = _batches(arm, durations, max_seconds, batch_size, seed=0)
+    real = padded = 0.0
+    step_times = []
+    for b in batches:
+        inputs = collate([ds[i] for i in b])
+        t0 = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step_times.append(time.perf_counter() - t0)
+        real += sum(durations[i] for i in b)
+        padded += max(durations[i] for i in b) * len(b)
+    out = {
+        "arm": arm, "steps": len(batches), "audio_s": real, "train_s": sum(step_times),
+        "audio_s_per_s": real / sum(step_times), "padding_eff": real / padded,
+        "max_batch_padded_s": max(max(durations[i] for i in b) * len(b) for b in batches),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        b = max(batches, key=lambda b: sum(durations[i] for i in b))
+        inputs = collate([ds[i] for i in b])
+        with FlopCounterMode(display=False) as fc:
+            model(**inputs).loss.backward()
+        opt.zero_grad(set_to_none=True)
+        n = fc.get_total_flops()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(**inputs).loss.backward()
+            times.append(time.perf_counter() - t0)
+            opt.zero_grad(set_to_none=True)
+        a = torch.randn(1024, 1024)
+        mm = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ a
+            mm.append(time.perf_counter() - t0)
+        out.update(step_flops=n, step_flop_s=n / statistics.median(times),
+                   matmul_flop_s=2 * 1024**3 / statistics.median(mm), flops_batch_audio_s=sum(durations[i] for i in b))
+    del np
+    print(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=160, help="training clips per pass")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every arm")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="lrl's cap on padded seconds per batch")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per arm (1: stable on shared cores)")
+    ap.add_argument("--arm", help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    data, ckpt = prepare(WORK)
+    if a.arm:
+        run_arm(a.arm, data, ckpt, a.clips, a.max_seconds, a.batch_size, a.threads, a.flops)
+        return
+
+    from lrl.data import load_prepared
+
+    dsd, _ = load_prepared(data)
+    durs = [float(d) for d in dsd["train"].select(range(min(a.clips, len(dsd["train"]))))["duration"]]
+    longest, mean = max(durs), sum(durs) / len(durs)
+    # fixed batch sizes: one that fits the same padded-seconds budget for its worst batch (memory-matched),
+    # one with the same mean audio per batch as lrl's batches (update-matched, as people usually pick it)
+    b_mem = max(1, int(a.max_seconds // longest))
+    b_mean = max(1, round(a.max_seconds * 0.9 / mean))
+    arms = [("lrl", 0), ("hf_same_memory", b_mem), ("hf_same_mean_batch", b_mean)]
+    results: dict[str, list[dict]] = {name: [] for name, _ in arms}
+    for r in range(a.repeats):
+        for name, bs in arms:
+            cmd = [sys.executable, __file__, "--arm", "lrl" if name == "lrl" else "hf", "--clips", str(a.clips),
+                   "--max-seconds", str(a.max_seconds), "--threads", str(a.threads), "--batch-size", str(bs)]
+            if name == "lrl" and r == 0:
+                cmd.append("--flops")
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            results[name].append(row)
+            print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+    def med(name, key):
+        return statistics.median(r[key] for r in results[name])
+
+    lines = [
+        f"yo-cv train, first {len(durs)} clips ({sum(durs) / 60:.1f} min of audio, {mean:.1f} s mean, {longest:.1f} s longest), "
+        f"`tiny_config(\"small\")` (2.5M params, feature encoder frozen), AdamW, {a.threads} torch thread(s), "
+        f"one pass per arm in its own process, {a.repeats} interleaved repeats, medians.",
+        "",
+        "| arm | batches | padded s per batch (max) | padding efficiency | audio-s/s | vs lrl | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = med("lrl", "audio_s_per_s")
+    labels = {"lrl": f"lrl dynamic, <= {a.max_seconds:g} s padded",
+              "hf_same_memory": f"HF fixed batch {b_mem} + group_by_length (worst batch fits the same budget)",
+              "hf_same_mean_batch": f"HF fixed batch {b_mean} + group_by_length (same mean audio per batch)"}
+    for name, _ in arms:
+        rows = results[name]
+        lines.append(
+            f"| {labels[name]} | {rows[0]['steps']} | {rows[0]['max_batch_padded_s']:.0f} | {med(name, 'padding_eff'):.1%} | "
+            f"{med(name, 'audio_s_per_s'):.1f} | {base / med(name, 'audio_s_per_s'):.2f}x | {med(name, 'peak_rss_mib'):.0f} |"
+        )
+    ratios = {name: statistics.median(x["audio_s_per_s"] / y["audio_s_per_s"] for x, y in zip(results["lrl"], results[name]))
+              for name, _ in arms if name != "lrl"}
+    f = results["lrl"][0]
+    lines += [
+        "",
+        "Median per-repeat speed-up of lrl: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + ".",
+        "",
+        f"Training step FLOP/s (forward+backward, FlopCounterMode, largest lrl batch of {f['flops_batch_audio_s']:.0f} s audio): "
+        f"{f['step_flops'] / 1e9:.1f} GFLOP per step at {f['step_flop_s'] / 1e9:.2f} GFLOP/s achieved vs "
+        f"{f['matmul_flop_s'] / 1e9:.1f} GFLOP/s for a 1024x1024 fp32 matmul on the same thread(s) "
+        f"= {f['step_flop_s'] / f['matmul_flop_s']:.0%} of the matmul rate.",
+    ]
+    from _results import update_section
+
+    md = "\n".join(lines)
+    print(md)
+    update_section("train", md)
+
+
+if __name__ == "__main__":
+    main()
