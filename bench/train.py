@@ -29,7 +29,8 @@ WORK = Path(tempfile.gettempdir()) / "lrl-bench-train"
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
-    from lrl.data import PrepareConfig, prepare as prepare_data
+    from lrl.data import PrepareConfig
+    from lrl.data import prepare as prepare_data
     from lrl.model import init_tiny
 
     data = work / "yo"
@@ -181,7 +182,7 @@ def main() -> None:
             f"| {labels[name]} | {rows[0]['steps']} | {rows[0]['max_batch_padded_s']:.0f} | {med(name, 'padding_eff'):.1%} | "
             f"{med(name, 'audio_s_per_s'):.1f} | {base / med(name, 'audio_s_per_s'):.2f}x | {med(name, 'peak_rss_mib'):.0f} |"
         )
-    ratios = {name: statistics.median(x["audio_s_per_s"] / y["audio_s_per_s"] for x, y in zip(results["lrl"], results[name]))
+    ratios = {name: statistics.median(x["audio_s_per_s"] / y["audio_s_per_s"] for x, y in zip(results["lrl"], results[name], strict=True))
               for name, _ in arms if name != "lrl"}
     f = results["lrl"][0]
     lines += [

@@ -1,5 +1,7 @@
 """Wav2Vec2 checkpoints: tiny randomly initialised ones with the XLS-R structure (for tests, demos and
-CPU experiments), written exactly as a hub checkpoint is, so the real loading code is what reads them."""
+CPU experiments), written exactly as a hub checkpoint is; loading any Wav2Vec2 checkpoint (pretraining,
+bare or CTC; hub id or directory; safetensors only unless allowed) as a Wav2Vec2ForCTC with a new head,
+and cross-lingual head transfer from a fine-tuned model's vocabulary."""
 
 from __future__ import annotations
 

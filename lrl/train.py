@@ -350,7 +350,7 @@ def make_compute_metrics(tokenizer):
         labels = np.where(labels < 0, pad, labels)
         hyps = tokenizer.batch_decode(ids)
         refs = tokenizer.batch_decode(labels, group_tokens=False)
-        pairs = [(r, h) for r, h in zip(refs, hyps) if r.strip()]
+        pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r.strip()]
         if not pairs:
             return {"wer": 1.0, "cer": 1.0, "blank_rate": 1.0}
         refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -792,7 +792,7 @@ def write_model_card(out: Path, cfg: TrainConfig, metrics: dict, state, freeze_h
         "",
         f"- LR {cfg.optim.lr:g} ({cfg.optim.schedule}, warmup {cfg.optim.warmup_steps}), layer decay "
         f"{cfg.optim.layer_decay:g}, head x{cfg.optim.head_lr_mult:g}; dynamic batches of <= {cfg.batching.max_seconds:g} s of audio",
-        f"- freeze schedule (step: trainable / total parameters): "
+        "- freeze schedule (step: trainable / total parameters): "
         + ", ".join(f"{s}: {t:,}/{n:,}" for s, t, n in freeze_history),
         f"- non-finite losses skipped: {nonfinite}",
         f"- full config: `{CONFIG_FILE}`; curves: `{CURVES_FILE}`; log: `{METRICS_FILE}`, TensorBoard in `runs/`",

@@ -3,7 +3,13 @@ import logging
 import numpy as np
 import pytest
 
-from lrl.batching import BatchingConfig, DynamicBatchSampler, find_max_seconds, pack_batches, padding_efficiency
+from lrl.batching import (
+    BatchingConfig,
+    DynamicBatchSampler,
+    find_max_seconds,
+    pack_batches,
+    padding_efficiency,
+)
 
 
 @pytest.fixture

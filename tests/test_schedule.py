@@ -33,7 +33,7 @@ def test_layerwise_groups_decay_with_depth_and_put_the_head_on_top(ctc_model):
     assert all(len(v) == 1 for v in by_name.values())  # decay / no-decay groups of a layer share the LR
     lrs = {k: v.pop() for k, v in by_name.items()}
     depth_lrs = [lrs["bottom"]] + [lrs[f"layer.{i}"] for i in range(L)]
-    assert all(a < b for a, b in zip(depth_lrs, depth_lrs[1:]))  # strictly growing toward the top
+    assert all(a < b for a, b in zip(depth_lrs, depth_lrs[1:], strict=False))  # strictly growing toward the top
     for i in range(L):
         assert math.isclose(lrs[f"layer.{i}"], 1e-3 * 0.5 ** (L - 1 - i))
     assert math.isclose(lrs["bottom"], 1e-3 * 0.5**L)
@@ -141,9 +141,9 @@ def test_freeze_config_validation(kwargs, match):
 def test_warmup_cosine_rises_peaks_and_decays():
     f = WarmupCosine(warmup=10, total=100)
     vals = [f(s) for s in range(101)]
-    assert all(a < b for a, b in zip(vals[:10], vals[1:11]))
+    assert all(a < b for a, b in zip(vals[:10], vals[1:11], strict=True))
     assert vals[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(vals[10:], vals[11:]))
+    assert all(a >= b for a, b in zip(vals[10:], vals[11:], strict=False))
     assert vals[100] == pytest.approx(0.0, abs=1e-9)
 
 
