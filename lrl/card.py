@@ -45,7 +45,7 @@ def dataset_stats(directory: str | Path) -> dict:
             "hours": sum(durations) / 3600,
             "speakers": len(speakers),
             "durations": durations,
-            "chars_per_second": [len(t) / d for t, d in zip(texts, durations) if d > 0],
+            "chars_per_second": [len(t) / d for t, d in zip(texts, durations, strict=True) if d > 0],
             "chars": Counter("".join(texts).replace(" ", "")),
             "locales": locales,
         }

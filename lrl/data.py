@@ -286,29 +286,33 @@ def _batch_table(batch: list[tuple[_Row, object]], features, meta_cols: list[str
                      else cols[f.name].cast(f.type) for f in schema], schema=schema)
 
 
-def _decode_all(rows: list[_Row], num_proc: int):
-    """Yields (row, samples | None, skip | None) in input order, decoding in `num_proc` processes."""
+def _start_pool(num_proc: int, n_rows: int):
+    """A process pool for decoding, or None to decode in this process. Fork (no re-import of __main__, so
+    scripts without a main guard work); started before any thread of ours exists."""
+    import multiprocessing as mp
+
+    if num_proc == 1 or n_rows < 2 * num_proc:
+        return None
+    import soundfile  # noqa: F401 - loaded once, inherited by the forked workers
+    import soxr  # noqa: F401
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else None
+    return mp.get_context(method).Pool(num_proc)
+
+
+def _decode_all(rows: list[_Row], pool):
+    """Yields (row, samples | None, skip | None) in input order; decodes in `pool` if given."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(rows), desc="decode", unit="clip", disable=None, leave=False)
     files = [r.file for r in rows]
-    if num_proc == 1 or len(rows) < 2 * num_proc:
+    if pool is None:
         results = map(_decode, files)
-        pool = None
     else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("forkserver").Pool(num_proc)
-        results = pool.imap(_decode, files, chunksize=max(1, min(16, len(rows) // (8 * num_proc))))
-    try:
-        for row, (samples, skip) in zip(rows, results):
+        results = pool.imap(_decode, files, chunksize=max(1, min(8, len(rows) // (8 * pool._processes))))
+    with tqdm(total=len(rows), desc="decode", unit="clip", disable=None, leave=False) as bar:
+        for row, (samples, skip) in zip(rows, results, strict=True):
             bar.update()
             yield row, samples, skip
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
 
 
 # -- the whole preparation ----------------------------------------------------------------------------
@@ -387,18 +391,56 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     tmp.mkdir(parents=True)
     meta_cols = list(dict.fromkeys(c for r in rows_out for c in r.meta if not c.startswith("_")))
     features = _features(meta_cols)
-    kept_rows = _write_splits(candidates, tmp, features, meta_cols, config, skipped)
+    # Vocab.save builds an HF tokenizer (imports transformers + torch: seconds): overlap it with decoding.
+    pool = _start_pool(config.num_proc, len(candidates))
+    try:
+        saver = _Background(_save_vocab, vocab, tmp / VOCAB_DIR, Path(vocab_dir) if vocab_dir else None)
+        kept_rows = _write_splits(candidates, tmp, features, meta_cols, config, skipped, pool)
+        saver.join()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     written = [s for s in config.splits if (tmp / s / ARROW_FILE).is_file()]
     for s in config.splits:
         if s not in written and any(r.split == s for r in rows_out):
             logger.warning("split %s: no row kept, so the dataset has no %s split (see %s)", s, s, SKIPPED_FILE)
     _write_dataset_json(tmp, written, features, fp)
-    vocab.save(tmp / VOCAB_DIR)
     summary = _summary(src, kind, config, fp, vocab_source, len(vocab), rows, held, kept_rows, skipped, oov_unk)
     _write_skipped(tmp / SKIPPED_FILE, skipped)
     atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     _publish(tmp, out)
     return summary
+
+
+class _Background:
+    """Runs fn(*args) in a thread; join() re-raises its exception."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self._error: BaseException | None = None
+
+        def run():
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised in join()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _save_vocab(vocab, dst: Path, src: Path | None) -> None:
+    if src is not None:  # a given vocabulary is copied as it is (tokenizer files, report, normaliser)
+        shutil.copytree(src, dst)
+    else:
+        vocab.save(dst)
 
 
 def _write_dataset_json(directory: Path, splits: list[str], features, fp: str) -> None:
@@ -415,7 +457,7 @@ def _write_dataset_json(directory: Path, splits: list[str], features, fp: str) -
     atomic_write_text(directory / "dataset_dict.json", json.dumps({"splits": splits}))
 
 
-def _write_splits(candidates, arrow_dir: Path, features, meta_cols, config: PrepareConfig, skipped) -> list:
+def _write_splits(candidates, arrow_dir: Path, features, meta_cols, config: PrepareConfig, skipped, pool) -> list:
     from datasets.arrow_writer import ArrowWriter
 
     kept, writers, batches = [], {}, defaultdict(list)
@@ -428,7 +470,7 @@ def _write_splits(candidates, arrow_dir: Path, features, meta_cols, config: Prep
             writers[split].write_table(_batch_table(batches[split], features, meta_cols))
             batches[split] = []
 
-    for row, samples, skip in _decode_all(candidates, config.num_proc):
+    for row, samples, skip in _decode_all(candidates, pool):
         if skip is not None:
             skipped.append((row, *skip))
             continue

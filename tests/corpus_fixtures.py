@@ -15,7 +15,7 @@ CV_HEADER = ["client_id", "path", "sentence_id", "sentence", "sentence_domain", 
 def yo_rows(yo_cv: Path, table: str = "validated") -> list[dict]:
     lines = (yo_cv / f"{table}.tsv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    return [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]]
 
 
 def _write_tsv(path: Path, rows: list[dict], header: list[str] = CV_HEADER) -> None:
@@ -100,7 +100,7 @@ def fsdd_manifest(fsdd: Path, dst: Path, n: int, suffix: str = ".tsv") -> Path:
 
     lines = (fsdd / "metadata.tsv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]][: 20 * n : 20]
+    rows = [dict(zip(header, line.split("\t"), strict=False)) for line in lines[1:]][: 20 * n : 20]
     (dst / "rec").mkdir(parents=True, exist_ok=True)
     out = []
     for r in rows:

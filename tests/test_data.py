@@ -171,7 +171,7 @@ def test_old_cv_schema_accent_column(yo_cv, tmp_path):
     header = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accent"]
     old = ["\t".join(header)]
     for line in lines[1:]:
-        r = dict(zip(lines[0].split("\t"), line.split("\t")))
+        r = dict(zip(lines[0].split("\t"), line.split("\t"), strict=False))
         old.append("\t".join([r["client_id"], r["path"], r["sentence"] + ' "quoted', "2", "0", "", "", "yoruba"]))
     (src / "train.tsv").write_text("\n".join(old) + "\n")
     dd, _ = load_prepared(prepare(src, tmp_path / "ds", PrepareConfig(splits=("train",))) and tmp_path / "ds")
@@ -231,7 +231,7 @@ def test_sigkill_midrun_leaves_no_dataset_and_rerun_matches(yo_cv, tmp_path):
     for split in ref:
         a, b = got[split].with_format("numpy"), ref[split].with_format("numpy")
         assert list(a["id"]) == list(b["id"]) and list(a["text"]) == list(b["text"])
-        for x, y in zip(a["audio"], b["audio"]):
+        for x, y in zip(a["audio"], b["audio"], strict=True):
             np.testing.assert_array_equal(x, y)
 
 
