@@ -404,9 +404,11 @@ def _forward(net, batch: dict):
     )
 
 
-def probe_loss(net, batch: dict) -> float:
-    """Contrastive loss per masked frame on a fixed batch (fixed masks and negatives), in eval mode: no
-    dropout, no Gumbel noise (the quantizer takes its argmax), so values before and after are comparable."""
+def probe_metrics(net, batch: dict) -> dict[str, float]:
+    """Contrastive loss per masked frame and codevector perplexity on a fixed batch (fixed masks and
+    negatives) in eval mode: no dropout, no Gumbel noise (the quantizer takes its argmax), so values before
+    and after training compare. Read the two together: distractors that quantize to the target's own code
+    are masked out, so a collapsed codebook (perplexity ~ groups) also lowers the loss."""
     import torch
 
     was_training = net.training
@@ -416,7 +418,13 @@ def probe_loss(net, batch: dict) -> float:
             out = _forward(net, batch)
     finally:
         net.train(was_training)
-    return float(out.contrastive_loss) / int(batch["mask_time_indices"].sum())
+    n_masked = int(batch["mask_time_indices"].sum())
+    return {"contrastive": float(out.contrastive_loss) / n_masked, "perplexity": float(out.codevector_perplexity)}
+
+
+def probe_loss(net, batch: dict) -> float:
+    """The contrastive loss of `probe_metrics`."""
+    return probe_metrics(net, batch)["contrastive"]
 
 
 # ---------------------------------------------------------------------------------------------------
