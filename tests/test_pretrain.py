@@ -59,6 +59,17 @@ def fast_run(clips, tmp_path_factory):
     return ckpt, root / "out", result
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread when the cores are shared (OpenMP spin-waits)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _log(out: Path) -> list[dict]:
     with open(out / "pretrain_log.csv", newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
