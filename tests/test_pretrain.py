@@ -343,3 +343,52 @@ def test_cli_defaults_match_the_config():
     }
     for name, default in pairs.items():
         assert params[name].default == default, name
+
+
+# ----------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_pretrained_output_starts_lrl_train_without_weight_warnings(clips, tmp_path, caplog):
+    """Prepared dataset (the data contract) -> pretrain on its train split -> CTC fine-tuning from the output."""
+    import datasets
+
+    from lrl.audio import load_audio
+    from lrl.io import read_table
+    from lrl.text import Normalizer, NormalizerConfig
+    from lrl.train import load_config, train
+    from lrl.vocab import Vocab
+
+    _, rows = read_table(SHARED_DATA / "yo-cv" / "train.tsv")
+    norm = Normalizer(NormalizerConfig())
+    feats = datasets.Features({
+        "id": datasets.Value("string"), "audio": datasets.List(datasets.Value("float32")),
+        "text": datasets.Value("string"), "sentence": datasets.Value("string"),
+        "duration": datasets.Value("float64"), "speaker": datasets.Value("string"),
+    })
+    recs = []
+    for r in rows[:10]:
+        wav = load_audio(SHARED_DATA / "yo-cv" / "clips" / r["path"])
+        recs.append({"id": r["path"], "audio": wav, "text": norm(r["sentence"]), "sentence": r["sentence"],
+                     "duration": len(wav) / 16000, "speaker": "s1"})
+
+    def split(rs):
+        return datasets.Dataset.from_dict({k: [x[k] for x in rs] for k in feats}, features=feats)
+
+    ds_dir = tmp_path / "yo"
+    datasets.DatasetDict({"train": split(recs[:8]), "dev": split(recs[8:])}).save_to_disk(str(ds_dir))
+    Vocab.from_chars("".join(x["text"] for x in recs), NormalizerConfig()).save(ds_dir / "vocab")
+
+    pt = tmp_path / "pt"
+    cfg = replace(FAST, max_steps=6, gumbel_min_at_step=6, save_every=0, probe_crops=0)
+    result = run_pretraining([ds_dir], pt, cfg, fresh="tiny-test")
+    assert result.inputs.dataset_rows == 8  # the train split only
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lrl"):
+        tr = train(load_config(None, {
+            "data.path": str(ds_dir), "model.checkpoint": str(pt), "output_dir": str(tmp_path / "ctc"),
+            "optim.max_steps": 2, "optim.warmup_steps": 1, "eval.eval_steps": 2, "eval.logging_steps": 1,
+        }))
+    assert tr.global_step == 2
+    weight_warnings = [r.getMessage() for r in caplog.records
+                       if any(w in r.getMessage() for w in ("not used", "start random", "different shape"))]
+    assert not weight_warnings
