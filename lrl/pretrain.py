@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ LOG_COLUMNS = (
 # fine-tuning run does not inherit pretraining's 65% masking as its SpecAugment.
 _SPEC_AUGMENT_FIELDS = ("apply_spec_augment", "mask_feature_prob")
 _RECIPE_GUMBEL_DECAY = 0.999995  # wav2vec 2.0: 2.0 -> 0.5 over ~277k updates
+_MAX_NONFINITE = 5  # updates in a row with a non-finite loss before the run stops
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,11 @@ class PretrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "mask_time_length", "num_negatives", "collapse_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "save_every", "keep_checkpoints", "min_masks", "probe_crops"):
+        for name in ("warmup_steps", "save_every", "min_masks", "probe_crops"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if not self.learning_rate > 0:
@@ -482,7 +486,7 @@ def _save_checkpoint(out: Path, step: int, net, fe, spec_augment: dict, optimize
     olds = sorted(
         (int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
     )
-    for _, p in olds[:-keep] if keep else olds:
+    for _, p in olds[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
     logger.info("saved %s", final)
     return final
@@ -534,6 +538,8 @@ def run_pretraining(
                 state.get("crops"), len(crops),
             )
         logger.info("resuming from %s at step %d", ckpt, state["step"])
+        if model is not None or fresh is not None:
+            logger.warning("--resume continues %s: --model/--fresh are ignored", ckpt)
     else:
         net, fe = _load_model(model, fresh, config)
     spec_augment = _apply_pretraining_config(net, config)
@@ -557,7 +563,13 @@ def run_pretraining(
     )
     start = 0
     if ckpt is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        try:
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        except ValueError as e:
+            raise LrlError(
+                f"{ckpt}: its optimizer state does not fit this model's trainable parameters ({e}); resume with the "
+                "same --freeze-feature-encoder setting as the interrupted run"
+            ) from e
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
         start = int(state["step"])
 
@@ -587,6 +599,7 @@ def run_pretraining(
     num_groups = net.config.num_codevector_groups
     ppl_history = [float(r["perplexity"]) for r in kept][-config.collapse_window:]
     collapse_warned = False
+    nonfinite = 0
     rows: list[dict] = []
     net.train()
     try:
@@ -594,47 +607,23 @@ def run_pretraining(
 
         bar = tqdm(range(start, config.max_steps), desc="pretrain", unit="step", disable=None)
         for step in bar:
-            t_step = time.perf_counter()
-            temperature = gumbel_temperature(step, config)
-            net.set_gumbel_temperature(temperature)
-            lr = optimizer.param_groups[0]["lr"]
-            acc = dict(loss=0.0, contrastive=0.0, diversity=0.0, perplexity=0.0, masked=0, frames=0)
-            for k in range(config.grad_accum):
-                micro = step * config.grad_accum + k
-                idx = _micro_indices(len(crops), config.batch_size, micro, config.seed)
-                batch = make_batch(net, fe, [crops[i] for i in idx], config, seed=(config.seed, micro))
-                n_masked = int(batch["mask_time_indices"].sum())
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(config.seed * 1_000_003 + micro)  # Gumbel noise and dropout
-                    outputs = _forward(net, batch)
-                    # the model sums over masked frames: normalise per frame, then average the micro-batches
-                    (outputs.loss / n_masked / config.grad_accum).backward()
-                acc["loss"] += outputs.loss.item() / n_masked / config.grad_accum
-                acc["contrastive"] += outputs.contrastive_loss.item() / n_masked / config.grad_accum
-                acc["diversity"] += outputs.diversity_loss.item() / n_masked / config.grad_accum
-                acc["perplexity"] += outputs.codevector_perplexity.item() / config.grad_accum
-                acc["masked"] += n_masked
-                acc["frames"] += batch["frames"]
-            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            row = {
-                "step": step, "loss": acc["loss"], "contrastive": acc["contrastive"], "diversity": acc["diversity"],
-                "perplexity": acc["perplexity"], "temperature": temperature,
-                "masked_share": acc["masked"] / max(1, acc["frames"]), "lr": lr, "grad_norm": grad_norm,
-                "seconds": time.perf_counter() - t_step,
-            }
+            row = _update(net, fe, crops, step, config, optimizer, scheduler, params)
+            if not math.isfinite(row["loss"]):
+                nonfinite += 1
+                logger.warning("step %d: non-finite loss %s, update skipped (%d in a row)", step, row["loss"], nonfinite)
+                if nonfinite >= _MAX_NONFINITE:
+                    raise LrlError(
+                        f"{nonfinite} updates in a row had a non-finite loss (last at step {step}): lower --lr, "
+                        "raise --warmup, or check the audio for silence/clipping"
+                    )
+            else:
+                nonfinite = 0
             rows.append(row)
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
             log_file.flush()
             if tb is not None:
                 for k in LOG_COLUMNS[1:]:
                     tb.add_scalar(f"pretrain/{k}", row[k], step)
-            if not math.isfinite(row["loss"]):
-                raise LrlError(f"the loss became {row['loss']} at step {step}: lower --lr or raise --warmup")
             ppl_history = (ppl_history + [row["perplexity"]])[-config.collapse_window:]
             if not collapse_warned and detect_collapse(
                 ppl_history, num_groups, config.collapse_window, config.collapse_perplexity
@@ -651,7 +640,7 @@ def run_pretraining(
                 logger.info(
                     "step %d: loss %.4f contrastive %.4f diversity %.4f perplexity %.1f temperature %.4f "
                     "masked %.2f lr %.3g", step, row["loss"], row["contrastive"], row["diversity"],
-                    row["perplexity"], temperature, row["masked_share"], lr,
+                    row["perplexity"], row["temperature"], row["masked_share"], row["lr"],
                 )
             done = step + 1
             if config.save_every and done % config.save_every == 0 and done < config.max_steps:
@@ -681,6 +670,49 @@ def run_pretraining(
     atomic_write_text(out / "pretrain_summary.json", json.dumps(summary, indent=2))
     logger.info("wrote %s (%d updates, %.0f s)", out, result.steps, result.seconds)
     return result
+
+
+def _update(net, fe, crops, step: int, config: PretrainConfig, optimizer, scheduler, params) -> dict:
+    """One optimizer update over `grad_accum` micro-batches; the log row. A non-finite loss skips the step."""
+    import torch
+
+    t0 = time.perf_counter()
+    temperature = gumbel_temperature(step, config)
+    net.set_gumbel_temperature(temperature)
+    lr = optimizer.param_groups[0]["lr"]
+    acc = dict(loss=0.0, contrastive=0.0, diversity=0.0, perplexity=0.0, masked=0, frames=0)
+    for k in range(config.grad_accum):
+        micro = step * config.grad_accum + k
+        idx = _micro_indices(len(crops), config.batch_size, micro, config.seed)
+        batch = make_batch(net, fe, [crops[i] for i in idx], config, seed=(config.seed, micro))
+        n_masked = int(batch["mask_time_indices"].sum())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed * 1_000_003 + micro)  # Gumbel noise and dropout
+            outputs = _forward(net, batch)
+            # the model sums over masked frames: normalise per frame, then average the micro-batches
+            (outputs.loss / n_masked / config.grad_accum).backward()
+        acc["loss"] += outputs.loss.item() / n_masked / config.grad_accum
+        acc["contrastive"] += outputs.contrastive_loss.item() / n_masked / config.grad_accum
+        acc["diversity"] += outputs.diversity_loss.item() / n_masked / config.grad_accum
+        acc["perplexity"] += outputs.codevector_perplexity.item() / config.grad_accum
+        acc["masked"] += n_masked
+        acc["frames"] += batch["frames"]
+    max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if math.isfinite(acc["loss"]) and math.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
+    else:  # skipped: the schedule still advances, so step count and LR stay aligned (torch would warn)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "step": step, "loss": acc["loss"] if math.isfinite(grad_norm) else float("nan"),
+        "contrastive": acc["contrastive"], "diversity": acc["diversity"], "perplexity": acc["perplexity"],
+        "temperature": temperature, "masked_share": acc["masked"] / max(1, acc["frames"]), "lr": lr,
+        "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
+    }
 
 
 def _state(step: int, config: PretrainConfig, n_crops: int, spec_augment: dict, probe_before) -> dict:

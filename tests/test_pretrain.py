@@ -392,3 +392,29 @@ def test_pretrained_output_starts_lrl_train_without_weight_warnings(clips, tmp_p
     weight_warnings = [r.getMessage() for r in caplog.records
                        if any(w in r.getMessage() for w in ("not used", "start random", "different shape"))]
     assert not weight_warnings
+
+
+def test_nonfinite_losses_skip_the_update_then_stop_the_run(fast_run, clips, tmp_path, monkeypatch, caplog):
+    import torch
+    from safetensors.torch import load_file
+
+    import lrl.pretrain as pretrain
+    from lrl.io import LrlError
+
+    start, _, _ = fast_run
+    real = pretrain._forward
+
+    def poisoned(net, batch):
+        out = real(net, batch)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(pretrain, "_forward", poisoned)
+    cfg = replace(FAST, max_steps=2, save_every=0, probe_crops=0)
+    with caplog.at_level(logging.WARNING, logger="lrl.pretrain"):
+        run_pretraining([clips], tmp_path / "a", cfg, model=start)
+    assert sum("non-finite loss" in r.getMessage() for r in caplog.records) == 2
+    before, after = load_file(start / "model.safetensors"), load_file(tmp_path / "a" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no update was applied
+    with pytest.raises(LrlError, match="5 updates in a row had a non-finite loss"):
+        run_pretraining([clips], tmp_path / "b", replace(cfg, max_steps=8), model=start)
