@@ -475,10 +475,16 @@ def _make_callbacks(cfg: TrainConfig, out: Path):
             self.fields = ["step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_wer", "eval_cer",
                            "eval_blank_rate", "nonfinite_skipped"]
             self.collapsed = 0
+            self.done = False  # after training, the final dev/test evaluations go to the card, not the curve
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.done = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
+            if not state.is_world_process_zero or not logs or self.done:
                 return
+            if not any(k in logs for k in self.fields[2:]):
+                return  # e.g. the end-of-training summary
             row = {"step": state.global_step, **{k: logs.get(k, "") for k in self.fields[1:]}}
             if row["epoch"] == "":
                 row["epoch"] = state.epoch
@@ -618,7 +624,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.model.init_head_from:
         transfer_head(model, vocab.tokens, cfg.model.init_head_from, cfg.model.allow_pickle)
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     freeze_cb = FreezeScheduleCallback(model, cfg.freeze)
     collator = CTCCollator(vocab, _make_augmenter(cfg))
     eval_collator = CTCCollator(vocab)

@@ -287,7 +287,7 @@ def test_train_run_writes_a_pipeline_loadable_model_dir(tiny_data, tiny_ckpt, tm
     r = cli("train", "run", "--data", tiny_data, "--checkpoint", tiny_ckpt, "--out", out, "--max-steps", "8",
             "--lr", "1e-3", "--max-seconds", "5", "--set", "optim.warmup_steps=2", "--set", "eval.eval_steps=4",
             "--set", "eval.logging_steps=2", "--set", "freeze.freeze_encoder_steps=4",
-            "--set", "optim.layer_decay=0.8")
+            "--set", "optim.layer_decay=0.8", "--set", "model.gradient_checkpointing=true")
     assert r.exit_code == 0, r.output
     assert "8 updates" in r.output and "eval_wer" in r.output
     for f in ("model.safetensors", "config.json", "processor_config.json", "vocab.json", "normalizer.json",
@@ -296,7 +296,7 @@ def test_train_run_writes_a_pipeline_loadable_model_dir(tiny_data, tiny_ckpt, tm
     assert not list(out.glob("pytorch_model*"))  # safetensors only
     assert list((out / "runs").rglob("events.out.tfevents*"))
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {r["step"] for r in rows if r["eval_wer"]} == {"4", "8"}
+    assert [r["step"] for r in rows if r["eval_wer"]] == ["4", "8"]
     card = (out / "README.md").read_text()
     assert "| dev |" in card and "| test |" in card
     assert load_config(out / "train_config.yaml").optim.max_steps == 8
@@ -306,6 +306,19 @@ def test_train_run_writes_a_pipeline_loadable_model_dir(tiny_data, tiny_ckpt, tm
     # a second run into the same directory must not silently overwrite it
     r2 = cli("train", "run", "--data", tiny_data, "--checkpoint", tiny_ckpt, "--out", out, "--max-steps", "8")
     assert r2.exit_code == 1 and "--resume" in r2.output
+
+
+def test_init_tiny_and_find_batch_commands(tmp_path, cli):
+    r = cli("train", "init-tiny", tmp_path / "t")
+    assert r.exit_code == 0 and (tmp_path / "t" / "model.safetensors").is_file()
+    small = cli("train", "find-batch", tmp_path / "t", "--budget-mib", "100", "--clip-seconds", "2")
+    big = cli("train", "find-batch", tmp_path / "t", "--budget-mib", "400", "--clip-seconds", "2")
+    assert small.exit_code == 0 and big.exit_code == 0, small.output
+    sec = [float(next(line for line in x.output.splitlines() if line.startswith("max_seconds")).split()[1])
+           for x in (small, big)]
+    assert 0 < sec[0] < sec[1]
+    bad = cli("train", "find-batch", tmp_path / "nope")
+    assert bad.exit_code == 1 and "error:" in bad.output
 
 
 def test_adapter_mode_saves_an_adapter_file_that_load_adapter_reads(tiny_data, tiny_ckpt, tmp_path):
