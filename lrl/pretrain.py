@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from lrl.audio import SAMPLE_RATE
+from lrl.data import AUDIO_SUFFIXES  # the same audio files `lrl data prepare` picks up in a folder
 from lrl.io import LrlError, atomic_write_text, iter_files
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif")
 LOG_COLUMNS = (
     "step", "loss", "contrastive", "diversity", "perplexity", "temperature", "masked_share", "lr",
     "grad_norm", "seconds",
