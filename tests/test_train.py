@@ -279,6 +279,23 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_data, tiny_ckpt, tmp_path):
     assert all(p.grad is None or torch.all(p.grad == 0) for p in model.parameters())
 
 
+def test_trainer_optimizer_carries_the_layerwise_groups(tiny_data, tiny_ckpt, tmp_path):
+    from transformers import TrainingArguments
+
+    from lrl.train import _make_trainer_class
+
+    model = load_for_ctc(tiny_ckpt, len(_vocab(tiny_data)))
+    cfg = TrainConfig().with_overrides({"optim.lr": 1e-3, "optim.layer_decay": 0.5, "optim.head_lr_mult": 4.0})
+    tr = _make_trainer_class()(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"),
+                               lrl_config=cfg, durations=[1.0])
+    opt = tr.create_optimizer()
+    lr = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lr["head"] == pytest.approx(4e-3) and lr["layer.1"] == pytest.approx(1e-3)
+    assert lr["layer.0"] == pytest.approx(5e-4) and lr["bottom"] == pytest.approx(2.5e-4)
+    n = sum(len(g["params"]) for g in opt.param_groups)
+    assert n == len(list(model.parameters()))  # frozen ones too: unfreezing needs no new optimizer
+
+
 # -- a whole run --------------------------------------------------------------------------------------
 def test_train_run_writes_a_pipeline_loadable_model_dir(tiny_data, tiny_ckpt, tmp_path, cli):
     from transformers import pipeline
@@ -346,6 +363,19 @@ def test_adapter_mode_saves_an_adapter_file_that_load_adapter_reads(tiny_data, t
     model.load_adapter("yor")
     for k, v in model._get_adapters().items():
         assert torch.equal(v, base_adapter[k]), k
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(tiny_data, tiny_ckpt, tmp_path):
+    from lrl.train import train
+
+    cfg = TrainConfig().with_overrides({
+        "output_dir": str(tmp_path / "es"), "data.path": str(tiny_data), "model.checkpoint": str(tiny_ckpt),
+        "optim.max_steps": 40, "optim.lr": 1e-9, "optim.warmup_steps": 0, "eval.eval_steps": 2,
+        "eval.early_stopping_patience": 1, "batching.max_seconds": 5.0, "data.test_split": "",
+    })
+    result = train(cfg)  # an LR of 1e-9 cannot change a WER of 1.0: the 2nd evaluation stops the run
+    assert result.global_step == 4
+    assert result.best_checkpoint.endswith("checkpoint-2")
 
 
 def _read_rows(path: Path) -> list[dict]:
