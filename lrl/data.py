@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from collections import Counter, defaultdict
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,8 +37,8 @@ CORE_COLUMNS = ("id", "audio", "text", "sentence", "duration", "speaker")
 RENAMED_COLUMNS = {"accent": "accents"}  # old CV releases: one schema for all
 # Duplicates keep the copy in the most protected split: a clip in both train and test stays in test.
 SPLIT_PRIORITY = ("test", "dev", "train")
-WRITE_BATCH = 64  # rows per Arrow record batch
-ARROW_FILE = "data-00000-of-00001.arrow"  # the layout of Dataset.save_to_disk, written directly (no copy)
+WRITE_BATCH = 32  # rows per Arrow record batch (a worker holds at most this many decoded clips)
+CHUNK_MIN, CHUNK_MAX = 16, 256  # rows per worker task; each task writes one Arrow shard of the split
 
 OovPolicy = Literal["drop", "unk"]
 
@@ -240,7 +241,7 @@ def fingerprint(config: PrepareConfig, tables: list[Path], rows: list[_Row], voc
 
 # -- decoding -----------------------------------------------------------------------------------------
 def _decode(path: Path):
-    """Worker: (samples, None) or (None, (reason, detail))."""
+    """(samples, None) or (None, (reason, detail))."""
     try:
         return load_audio(path, SAMPLE_RATE), None
     except AudioError as e:
@@ -249,70 +250,143 @@ def _decode(path: Path):
         return None, ("not_audio", f"{type(e).__name__}: {e}")
 
 
-def _features(meta_cols: list[str]):
-    import datasets
-
-    cols = {
-        "id": datasets.Value("string"),
-        "audio": datasets.List(datasets.Value("float32")),
-        "text": datasets.Value("string"),
-        "sentence": datasets.Value("string"),
-        "duration": datasets.Value("float64"),
-        "speaker": datasets.Value("string"),
-    }
-    cols.update({c: datasets.Value("string") for c in meta_cols})
-    return datasets.Features(cols)
+def _features(meta_cols: list[str]) -> dict:
+    """The `datasets.Features.to_dict()` of the output columns. Written by hand so that preparing does not
+    import `datasets` (a second of CPU); tests/test_data.py checks it against the installed datasets."""
+    value = lambda dtype: {"dtype": dtype, "_type": "Value"}  # noqa: E731
+    cols = {"id": value("string"), "audio": {"feature": value("float32"), "_type": "List"}, "text": value("string"),
+            "sentence": value("string"), "duration": value("float64"), "speaker": value("string")}
+    cols.update({c: value("string") for c in meta_cols})
+    return cols
 
 
-def _batch_table(batch: list[tuple[_Row, object]], features, meta_cols: list[str]):
+def _arrow_schema(features: dict):
+    """The Arrow schema `datasets.Features(features).arrow_schema` gives (types + the huggingface metadata)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "float64": pa.float64(), "float32": pa.float32()}
+    fields = [pa.field(n, pa.list_(types[f["feature"]["dtype"]]) if f["_type"] == "List" else types[f["dtype"]])
+              for n, f in features.items()]
+    return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def _batch_table(batch: list[tuple[_Row, object]], schema, meta_cols: list[str]):
     import numpy as np
     import pyarrow as pa
 
     arrays = [a for _, a in batch]
     offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
     np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    audio = pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(arrays), pa.float32()))
     cols = {
         "id": [r.id for r, _ in batch],
-        "audio": audio,
+        "audio": pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(arrays), pa.float32())),
         "text": [r.text for r, _ in batch],
         "sentence": [r.sentence for r, _ in batch],
         "duration": [len(a) / SAMPLE_RATE for a in arrays],
         "speaker": [r.speaker for r, _ in batch],
         **{c: [r.meta.get(c, "") for r, _ in batch] for c in meta_cols},
     }
-    schema = features.arrow_schema
-    return pa.table([pa.array(cols[f.name]).cast(f.type) if not isinstance(cols[f.name], pa.Array)
-                     else cols[f.name].cast(f.type) for f in schema], schema=schema)
+    return pa.table([c.cast(f.type) if isinstance(c, pa.Array) else pa.array(c, f.type)
+                     for f, c in ((f, cols[f.name]) for f in schema)], schema=schema)
 
 
-def _start_pool(num_proc: int, n_rows: int):
-    """A process pool for decoding, or None to decode in this process. Fork (no re-import of __main__, so
-    scripts without a main guard work); started before any thread of ours exists."""
+@dataclass
+class _Chunk:
+    """A run of rows of one split, decoded, filtered and written to one Arrow shard by one worker."""
+
+    rows: list[_Row]
+    path: Path  # the shard to write (not created when no row is kept)
+    schema: object  # pyarrow.Schema with the datasets features metadata
+    meta_cols: list[str]
+    config: PrepareConfig
+
+
+def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None]]:
+    """Worker: per row (duration, None) when kept or (None, (reason, detail)). Audio never leaves the worker:
+    it goes straight into the chunk's Arrow stream file, in record batches of WRITE_BATCH rows."""
+    import pyarrow as pa
+
+    c, out, batch, writer = chunk.config, [], [], None
+
+    def flush():
+        nonlocal writer
+        if batch:
+            if writer is None:
+                writer = pa.ipc.new_stream(pa.OSFile(str(chunk.path), "wb"), chunk.schema)
+            writer.write_table(_batch_table(batch, chunk.schema, chunk.meta_cols))
+            batch.clear()
+
+    try:
+        for row in chunk.rows:
+            samples, skip = _decode(row.file)
+            if skip is None:
+                dur = len(samples) / SAMPLE_RATE
+                if dur < c.min_duration:
+                    skip = ("too_short", f"{dur:.2f} s < {c.min_duration} s")
+                elif dur > c.max_duration:
+                    skip = ("too_long", f"{dur:.2f} s > {c.max_duration} s")
+                elif len(row.text) / dur > c.max_chars_per_second:
+                    skip = ("label_too_long", f"{len(row.text)} chars in {dur:.2f} s > {c.max_chars_per_second}/s")
+            if skip is not None:
+                out.append((None, skip))
+                continue
+            out.append((dur, None))
+            batch.append((row, samples))
+            if len(batch) >= WRITE_BATCH:
+                flush()
+        flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
+def _chunks(rows: list[_Row], directory: Path, schema, meta_cols, config: PrepareConfig) -> list[_Chunk]:
+    """Contiguous runs of one split: about 4 per worker, 16-256 rows each (a shard file each)."""
+    by_split: dict[str, list[_Row]] = defaultdict(list)
+    for r in rows:
+        by_split[r.split].append(r)
+    chunks = []
+    for split, rs in by_split.items():
+        size = min(CHUNK_MAX, max(CHUNK_MIN, -(-len(rs) // (4 * config.num_proc))))
+        for i in range(0, len(rs), size):
+            path = directory / split / f"part-{i // size:05d}.arrow"
+            chunks.append(_Chunk(rs[i:i + size], path, schema, meta_cols, config))
+    return chunks
+
+
+def _start_pool(num_proc: int, n_chunks: int):
+    """A process pool, or None to work in this process. Fork (no re-import of __main__, so scripts without
+    a main guard work), started before any thread of ours exists."""
     import multiprocessing as mp
 
-    if num_proc == 1 or n_rows < 2 * num_proc:
+    if num_proc == 1 or n_chunks < 2:
         return None
-    import soundfile  # noqa: F401 - loaded once, inherited by the forked workers
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pyarrow  # noqa: F401 - loaded once, inherited by the forked workers
+    import soundfile  # noqa: F401
     import soxr  # noqa: F401
 
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    return mp.get_context(method).Pool(num_proc)
+    return ProcessPoolExecutor(min(num_proc, n_chunks), mp_context=mp.get_context(method))
 
 
-def _decode_all(rows: list[_Row], pool):
-    """Yields (row, samples | None, skip | None) in input order; decodes in `pool` if given."""
+def _run_chunks(chunks: list[_Chunk], pool, skipped: list) -> list[tuple[_Row, float]]:
+    """Runs every chunk (in `pool` if given), in input order; returns kept (row, duration), extends skipped."""
     from tqdm.auto import tqdm
 
-    files = [r.file for r in rows]
-    if pool is None:
-        results = map(_decode, files)
-    else:
-        results = pool.imap(_decode, files, chunksize=max(1, min(8, len(rows) // (8 * pool._processes))))
-    with tqdm(total=len(rows), desc="decode", unit="clip", disable=None, leave=False) as bar:
-        for row, (samples, skip) in zip(rows, results, strict=True):
-            bar.update()
-            yield row, samples, skip
+    kept = []
+    results = map(_run_chunk, chunks) if pool is None else pool.map(_run_chunk, chunks)
+    with tqdm(total=sum(len(c.rows) for c in chunks), desc="decode", unit="clip", disable=None, leave=False) as bar:
+        for chunk, res in zip(chunks, results, strict=True):
+            for row, (dur, skip) in zip(chunk.rows, res, strict=True):
+                if skip is None:
+                    kept.append((row, dur))
+                else:
+                    skipped.append((row, *skip))
+            bar.update(len(chunk.rows))
+    return kept
 
 
 # -- the whole preparation ----------------------------------------------------------------------------
@@ -391,21 +465,26 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     tmp.mkdir(parents=True)
     meta_cols = list(dict.fromkeys(c for r in rows_out for c in r.meta if not c.startswith("_")))
     features = _features(meta_cols)
-    # Vocab.save builds an HF tokenizer (imports transformers + torch: seconds): overlap it with decoding.
-    pool = _start_pool(config.num_proc, len(candidates))
+    chunks = _chunks(candidates, tmp, _arrow_schema(features), meta_cols, config)
+    for split in {c.path.parent for c in chunks}:
+        split.mkdir()
+    pool = _start_pool(config.num_proc, len(chunks))
     try:
+        # Vocab.save builds an HF tokenizer (imports transformers + torch: seconds): overlap it with decoding.
         saver = _Background(_save_vocab, vocab, tmp / VOCAB_DIR, Path(vocab_dir) if vocab_dir else None)
-        kept_rows = _write_splits(candidates, tmp, features, meta_cols, config, skipped, pool)
+        try:
+            kept_rows = _run_chunks(chunks, pool, skipped)
+        except BrokenProcessPool as e:
+            raise LrlError("a decoding worker died (out of memory, or a decoder crash on one clip); "
+                           "rerun with --num-proc 1 to see which clip") from e
         saver.join()
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
-    written = [s for s in config.splits if (tmp / s / ARROW_FILE).is_file()]
+            pool.shutdown(wait=True, cancel_futures=True)
+    written = _finish_splits(tmp, [c.path for c in chunks], config.splits, features, fp)
     for s in config.splits:
         if s not in written and any(r.split == s for r in rows_out):
             logger.warning("split %s: no row kept, so the dataset has no %s split (see %s)", s, s, SKIPPED_FILE)
-    _write_dataset_json(tmp, written, features, fp)
     summary = _summary(src, kind, config, fp, vocab_source, len(vocab), rows, held, kept_rows, skipped, oov_unk)
     _write_skipped(tmp / SKIPPED_FILE, skipped)
     atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
@@ -443,56 +522,28 @@ def _save_vocab(vocab, dst: Path, src: Path | None) -> None:
         vocab.save(dst)
 
 
-def _write_dataset_json(directory: Path, splits: list[str], features, fp: str) -> None:
-    """The JSON files `DatasetDict.save_to_disk` writes beside the Arrow files, so load_from_disk reads them."""
-    import datasets
-
-    info = asdict(datasets.DatasetInfo(features=features))
-    for i, split in enumerate(splits):
-        state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": f"{fp[:14]}{i:02d}",
-                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-                 "_output_all_columns": False, "_split": split}
+def _finish_splits(directory: Path, shards: list[Path], splits: tuple[str, ...], features: dict, fp: str) -> list[str]:
+    """Rename the shards to the `Dataset.save_to_disk` layout (data-0000i-of-0000n.arrow) and write the JSON
+    files it writes beside them, so `datasets.load_from_disk` reads the directory; returns the splits written."""
+    info = {"citation": "", "description": "", "features": features, "homepage": "", "license": ""}
+    written = []
+    for split in splits:
+        parts = [p for p in shards if p.parent.name == split and p.is_file()]
+        if not parts:
+            shutil.rmtree(directory / split, ignore_errors=True)
+            continue
+        files = []
+        for i, p in enumerate(parts):
+            name = f"data-{i:05d}-of-{len(parts):05d}.arrow"
+            p.rename(p.parent / name)
+            files.append({"filename": name})
+        state = {"_data_files": files, "_fingerprint": f"{fp[:14]}{len(written):02d}", "_format_columns": None,
+                 "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": split}
         atomic_write_text(directory / split / "state.json", json.dumps(state, indent=2, sort_keys=True))
         atomic_write_text(directory / split / "dataset_info.json", json.dumps(dict(sorted(info.items())), indent=2))
-    atomic_write_text(directory / "dataset_dict.json", json.dumps({"splits": splits}))
-
-
-def _write_splits(candidates, arrow_dir: Path, features, meta_cols, config: PrepareConfig, skipped, pool) -> list:
-    from datasets.arrow_writer import ArrowWriter
-
-    kept, writers, batches = [], {}, defaultdict(list)
-
-    def flush(split):
-        if batches[split]:
-            if split not in writers:
-                (arrow_dir / split).mkdir(exist_ok=True)
-                writers[split] = ArrowWriter(features=features, path=str(arrow_dir / split / ARROW_FILE))
-            writers[split].write_table(_batch_table(batches[split], features, meta_cols))
-            batches[split] = []
-
-    for row, samples, skip in _decode_all(candidates, pool):
-        if skip is not None:
-            skipped.append((row, *skip))
-            continue
-        dur = len(samples) / SAMPLE_RATE
-        if dur < config.min_duration:
-            skipped.append((row, "too_short", f"{dur:.2f} s < {config.min_duration} s"))
-        elif dur > config.max_duration:
-            skipped.append((row, "too_long", f"{dur:.2f} s > {config.max_duration} s"))
-        elif len(row.text) / dur > config.max_chars_per_second:
-            skipped.append((row, "label_too_long",
-                            f"{len(row.text)} chars in {dur:.2f} s > {config.max_chars_per_second}/s"))
-        else:
-            kept.append((row, dur))
-            batches[row.split].append((row, samples))
-            if len(batches[row.split]) >= WRITE_BATCH:
-                flush(row.split)
-    for split in list(batches):
-        flush(split)
-    for w in writers.values():
-        w.finalize()
-        w.close()
-    return kept
+        written.append(split)
+    atomic_write_text(directory / "dataset_dict.json", json.dumps({"splits": written}))
+    return written
 
 
 # -- output files -------------------------------------------------------------------------------------

@@ -268,3 +268,26 @@ def test_cli_user_errors_are_one_line(tmp_path, cli):
     assert res.exit_code == 1 and "--audio-column" in res.output and "Traceback" not in res.output
     res = cli("data", "card", tmp_path)
     assert res.exit_code == 1 and "not a prepared dataset" in res.output
+
+
+def test_handwritten_features_match_installed_datasets(yo_cv, tmp_path):
+    import datasets
+    import pyarrow as pa
+
+    from lrl.data import _arrow_schema, _features
+
+    feats = _features(["locale"])
+    expected = datasets.Features({
+        "id": datasets.Value("string"), "audio": datasets.List(datasets.Value("float32")),
+        "text": datasets.Value("string"), "sentence": datasets.Value("string"),
+        "duration": datasets.Value("float64"), "speaker": datasets.Value("string"), "locale": datasets.Value("string"),
+    })
+    assert datasets.Features.from_dict(feats) == expected
+    assert _arrow_schema(feats).equals(expected.arrow_schema, check_metadata=True)
+    src = copy_cv(yo_cv, tmp_path / "cv", n_train=2)
+    prepare(src, tmp_path / "ds", PrepareConfig())
+    dd, _ = load_prepared(tmp_path / "ds")
+    ds = dd["train"]
+    assert ds.features["audio"] == datasets.List(datasets.Value("float32"))
+    assert ds.data.schema.field("audio").type == pa.list_(pa.float32())
+    assert ds.to_pandas().shape[0] == 2
