@@ -209,6 +209,18 @@ def test_no_usable_audio_raises(tmp_path):
         collect_crops([tmp_path / "b"], FAST)
 
 
+def test_micro_batches_cover_each_crop_once_per_epoch_and_are_reproducible():
+    from lrl.pretrain import _micro_indices
+
+    n, bs = 10, 4  # 3 micro-batches per epoch, the last one short
+    epoch0 = [_micro_indices(n, bs, m, seed=7) for m in range(3)]
+    assert [len(b) for b in epoch0] == [4, 4, 2]
+    assert sorted(np.concatenate(epoch0).tolist()) == list(range(n))
+    epoch1 = np.concatenate([_micro_indices(n, bs, m, seed=7) for m in range(3, 6)])
+    assert sorted(epoch1.tolist()) == list(range(n)) and not np.array_equal(epoch1, np.concatenate(epoch0))
+    assert np.array_equal(_micro_indices(n, bs, 4, seed=7), _micro_indices(n, bs, 4, seed=7))
+
+
 # ----------------------------------------------------------------------------------------- runs
 def test_short_run_lowers_contrastive_loss_and_logs(fast_run):
     _, out, result = fast_run
@@ -314,12 +326,14 @@ def test_run_guards(clips, tmp_path):
 # ----------------------------------------------------------------------------------------- CLI
 def test_cli_pretrain(cli, clips, tmp_path):
     out = tmp_path / "out"
-    args = ["pretrain", clips, "--fresh", "tiny-test", "--out", out, "--steps", "2", "--batch-size", "2",
-            "--max-seconds", "1", "--min-seconds", "1", "--warmup", "1", "--lr", "1e-3", "--freeze-feature-encoder"]
+    args = ["pretrain", clips, "--fresh", "tiny-test", "--out", out, "--steps", "2", "--batch-size", "2", "--grad-accum", "2",
+            "--max-seconds", "1", "--min-seconds", "1", "--warmup", "1", "--lr", "1e-3", "--freeze-feature-encoder",
+            "--tensorboard"]
     r = cli(*args)
     assert r.exit_code == 0, r.output
     assert "crops" in r.output and "updates 0->2" in r.output and "temperature" in r.output
     assert (out / "model.safetensors").is_file() and len(_log(out)) == 2
+    assert list((out / "runs").glob("events.out.tfevents*"))
     again = cli(*args)  # the same --out without --resume: one line, no traceback
     assert again.exit_code == 1 and "already holds a pretraining run" in again.output
     assert "Traceback" not in again.output
