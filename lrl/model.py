@@ -115,6 +115,24 @@ def _quiet_transformers():
     return ctx()
 
 
+def read_checkpoint_config(checkpoint: str | Path):
+    """The Wav2Vec2Config of a hub id or local directory; LrlError when it is missing or not wav2vec2."""
+    from transformers import Wav2Vec2Config
+
+    text = str(checkpoint)
+    local = Path(text).expanduser()
+    if not local.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text):
+        raise LrlError(f"{checkpoint}: no such checkpoint directory (expected a local directory or a hub id like org/name)")
+    try:
+        cfg = Wav2Vec2Config.from_pretrained(text, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        msg = " ".join(str(e).split())
+        raise LrlError(f"cannot read a Wav2Vec2 config from {checkpoint!s}: {msg}") from e
+    if getattr(cfg, "model_type", None) != "wav2vec2":
+        raise LrlError(f"{checkpoint}: expected a wav2vec2 checkpoint, found model_type={cfg.model_type!r}")
+    return cfg
+
+
 def load_for_ctc(
     checkpoint: str | Path,
     vocab_size: int,
@@ -128,17 +146,12 @@ def load_for_ctc(
     outputs (pad = blank), mean CTC loss and zero_infinity. Safetensors only unless `allow_pickle`;
     remote code is never trusted. `config_overrides` set config fields (dropouts, SpecAugment...).
     With `adapter_attn_dim`, MMS attention adapters are added and (with the head) freshly initialised."""
-    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+    from transformers import Wav2Vec2ForCTC
 
     local = Path(checkpoint)
     if local.exists():
         _check_local_weights(local, allow_pickle)
-    try:
-        cfg = Wav2Vec2Config.from_pretrained(str(checkpoint), trust_remote_code=False)
-    except OSError as e:
-        raise LrlError(f"cannot read a Wav2Vec2 config from {checkpoint!s}: {e}") from e
-    if getattr(cfg, "model_type", None) != "wav2vec2":
-        raise LrlError(f"{checkpoint}: expected a wav2vec2 checkpoint, found model_type={cfg.model_type!r}")
+    read_checkpoint_config(checkpoint)
     kw = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
     if adapter_attn_dim:
         kw["adapter_attn_dim"] = adapter_attn_dim
@@ -151,7 +164,7 @@ def load_for_ctc(
             )
     except OSError as e:
         hint = "" if allow_pickle else " (only safetensors weights are loaded unless --allow-pickle)"
-        raise LrlError(f"cannot load {checkpoint!s}{hint}: {e}") from e
+        raise LrlError(f"cannot load {checkpoint!s}{hint}: {' '.join(str(e).split())}") from e
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(_EXPECTED_UNEXPECTED)]
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(_EXPECTED_MISSING)]
     if adapter_attn_dim:

@@ -518,15 +518,14 @@ def _spec_augment_kwargs(cfg: TrainConfig, train_hours: float, min_samples: int)
     """Wav2Vec2Config masking fields of the chosen SpecAugment preset, clamped to the shortest clip."""
     if cfg.model.spec_augment == "checkpoint":
         return {}
-    from transformers import Wav2Vec2Config
-
     from lrl.augment import SpecAugmentConfig
+    from lrl.model import read_checkpoint_config
 
     if cfg.model.spec_augment == "auto":
         spec = SpecAugmentConfig.for_hours(train_hours)
     else:
         spec = SpecAugmentConfig.preset(cfg.model.spec_augment)
-    model_config = Wav2Vec2Config.from_pretrained(cfg.model.checkpoint, trust_remote_code=False)
+    model_config = read_checkpoint_config(cfg.model.checkpoint)
     spec = spec.validate_for(model_config, min_samples)
     logger.info("SpecAugment %s: %s", spec.name, spec.to_model_kwargs())
     return spec.to_model_kwargs()
@@ -586,7 +585,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("resuming from %s", resume_from)
     elif cfg.resume:
         logger.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
-    out.mkdir(parents=True, exist_ok=True)
 
     dsd, vocab = load_dataset_dir(cfg.data.path)
     for split in (cfg.data.train_split,):
@@ -633,6 +631,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     collator = CTCCollator(vocab, _make_augmenter(cfg))
     eval_collator = CTCCollator(vocab)
 
+    out.mkdir(parents=True, exist_ok=True)
     has_eval = eval_ds is not None
     save_steps = cfg.eval.save_steps or cfg.eval.eval_steps
     if has_eval and save_steps % cfg.eval.eval_steps:
