@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from transformers import TrainerCallback
-
 logger = logging.getLogger(__name__)
 
 HEAD = "head"
@@ -224,10 +222,16 @@ def apply_freeze(model, units: frozenset[str]) -> tuple[int, int]:
     return trainable, total
 
 
-class FreezeScheduleCallback(TrainerCallback):
-    """Applies a FreezeConfig at the start of training (also after a resume) and before every update,
-    logging each change with trainable-parameter counts; drops gradients of frozen parameters before
-    the optimizer step (so weight decay never touches them, also under DDP)."""
+def _no_event(*args, **kwargs) -> None:
+    return None
+
+
+class FreezeScheduleCallback:
+    """A Trainer callback: applies a FreezeConfig at the start of training (also after a resume) and
+    before every update, logging each change with trainable-parameter counts; drops gradients of frozen
+    parameters before the optimizer step (so weight decay never touches them, also under DDP).
+    It duck-types `transformers.TrainerCallback` (other events are no-ops), so importing this module
+    does not import transformers."""
 
     def __init__(self, model, config: FreezeConfig) -> None:
         self.model = model
@@ -251,6 +255,11 @@ class FreezeScheduleCallback(TrainerCallback):
             f", layers {layers[0][6:]}-{layers[-1][6:]}" if layers else "", ", bottom" if BOTTOM in units else "",
             f", conv {' '.join(c[5:] for c in convs)}" if convs else "",
         )
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return _no_event
+        raise AttributeError(name)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.apply(state.global_step)
