@@ -136,7 +136,25 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Sections map to the config file's tables ([data], [model], ...)."""
+    """One training run. Sections map to the config file's tables, e.g. `run.toml`:
+
+        output_dir = "runs/yo-xlsr"
+        [data]
+        path = "runs/yo/data"
+        [model]
+        checkpoint = "facebook/wav2vec2-xls-r-300m"
+        [optim]
+        lr = 3e-4
+        layer_decay = 0.9
+        head_lr_mult = 10
+        max_steps = 4000
+        [freeze]
+        freeze_encoder_steps = 500
+        unfreeze_layers = 4
+        unfreeze_every = 200
+
+    then `lrl train run -c run.toml --set optim.lr=1e-4`; the resolved config lands in
+    output_dir/train_config.yaml, which loads back with `-c`."""
 
     output_dir: str = ""  # where the model, checkpoints, logs and card go
     seed: int = 0  # model init, shuffling, augmentation
