@@ -494,6 +494,7 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Seed of data order, masks, negatives and Gumbel noise.")] = 0,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard scalars to OUT/runs.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the newest OUT/checkpoint-<step> (schedule included).")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = False,
 ) -> None:
     """Continue wav2vec 2.0 self-supervised pretraining on unlabeled audio."""
     from lrl.pretrain import PretrainConfig, run_pretraining
@@ -507,7 +508,9 @@ def pretrain(
     )
     if not resume and (model is None) == (fresh is None):
         raise typer.BadParameter("give --model CKPT or --fresh tiny-test|tiny-small (or --resume)")
-    r = run_pretraining(audio, out, cfg, model=model, fresh=fresh.value if fresh else None, resume=resume)
+    r = run_pretraining(
+        audio, out, cfg, model=model, fresh=fresh.value if fresh else None, resume=resume, allow_pickle=allow_pickle
+    )
     i = r.inputs
     typer.echo(
         f"{i.crops} crops ({i.seconds / 60:.1f} min) from {i.files} files + {i.dataset_rows} dataset rows; "

@@ -281,8 +281,9 @@ def collect_crops(sources: Sequence[str | Path], config: PretrainConfig) -> tupl
 _FRESH = {"tiny-test": "test", "tiny-small": "small"}
 
 
-def _load_model(model: str | Path | None, fresh: str | None, config: PretrainConfig):
-    """(Wav2Vec2ForPreTraining, Wav2Vec2FeatureExtractor) from a checkpoint or a fresh tiny config."""
+def _load_model(model: str | Path | None, fresh: str | None, config: PretrainConfig, allow_pickle: bool = False):
+    """(Wav2Vec2ForPreTraining, Wav2Vec2FeatureExtractor) from a checkpoint or a fresh tiny config.
+    Safetensors weights only unless `allow_pickle` (pickles can run code when loaded)."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
@@ -300,18 +301,28 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
         )
         logger.info("fresh %s model, %.2fM parameters", fresh, sum(p.numel() for p in net.parameters()) / 1e6)
         return net, fe
+    local = Path(model)
+    if local.is_dir() and not allow_pickle and not list(local.glob("model*.safetensors*")) and (
+        list(local.glob("pytorch_model*.bin*"))
+    ):
+        raise LrlError(
+            f"{local} holds only pickle weights (pytorch_model.bin), which can run code when loaded: convert them "
+            "to safetensors, or pass --allow-pickle if you trust where the checkpoint came from"
+        )
     try:
         cfg = Wav2Vec2Config.from_pretrained(str(model))
         if cfg.mask_time_prob <= 0:  # no masked_spec_embed would be built, and pretraining needs it
             logger.info("%s has mask_time_prob=0; set to 0.05 so the model has its mask embedding", model)
             cfg.mask_time_prob = 0.05
         net, info = Wav2Vec2ForPreTraining.from_pretrained(
-            str(model), config=cfg, use_safetensors=True, output_loading_info=True
+            str(model), config=cfg, use_safetensors=None if allow_pickle else True, output_loading_info=True,
+            trust_remote_code=False,
         )
     except OSError as e:
+        hint = "" if allow_pickle else "; only safetensors weights are loaded unless --allow-pickle"
         raise LrlError(
-            f"cannot load a Wav2Vec2 safetensors checkpoint from {model!r} ({e}). Expected a hub id or a directory "
-            "with config.json + model.safetensors (convert .bin checkpoints with save_pretrained first)"
+            f"cannot load a Wav2Vec2 checkpoint from {str(model)!r} ({e}). Expected a hub id or a directory "
+            f"with config.json + model.safetensors{hint}"
         ) from e
     fresh_heads = sorted({k.split(".")[0] for k in info.get("missing_keys", [])})
     if fresh_heads:
@@ -506,10 +517,12 @@ def run_pretraining(
     model: str | Path | None = None,
     fresh: str | None = None,
     resume: bool | str | Path = False,
+    allow_pickle: bool = False,
 ) -> PretrainResult:
     """Continue wav2vec 2.0 pretraining of `model` (hub id or directory; or a `fresh` tiny one) on the audio
     in `sources`; write the model to `out` so `Wav2Vec2ForCTC.from_pretrained(out)` starts fine-tuning.
-    `resume=True` continues from the newest OUT/checkpoint-<step> (a path picks one), schedule included."""
+    `resume=True` continues from the newest OUT/checkpoint-<step> (a path picks one), schedule included.
+    `allow_pickle` also loads pytorch_model.bin checkpoints (only from sources you trust)."""
     import torch
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining, get_scheduler
 
@@ -541,7 +554,7 @@ def run_pretraining(
         if model is not None or fresh is not None:
             logger.warning("--resume continues %s: --model/--fresh are ignored", ckpt)
     else:
-        net, fe = _load_model(model, fresh, config)
+        net, fe = _load_model(model, fresh, config, allow_pickle)
     spec_augment = _apply_pretraining_config(net, config)
     if config.freeze_feature_encoder:
         net.freeze_feature_encoder()

@@ -310,6 +310,23 @@ def test_collapse_warning_on_a_collapsed_codebook(fast_run, clips, tmp_path, cap
     assert any("codebook collapse" in r.getMessage() for r in caplog.records)
 
 
+def test_pickle_checkpoint_needs_allow_pickle(fast_run, clips, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from lrl.io import LrlError
+
+    start, _, _ = fast_run
+    pkl = tmp_path / "pickled"  # the same checkpoint as an old-style pytorch_model.bin
+    pkl.mkdir()
+    shutil.copy(start / "config.json", pkl / "config.json")
+    torch.save(load_file(str(start / "model.safetensors")), pkl / "pytorch_model.bin")
+    cfg = replace(FAST, max_steps=1, save_every=0, probe_crops=0)
+    with pytest.raises(LrlError, match="--allow-pickle"):
+        run_pretraining([clips], tmp_path / "a", cfg, model=pkl)
+    assert run_pretraining([clips], tmp_path / "b", cfg, model=pkl, allow_pickle=True).steps == 1
+
+
 def test_run_guards(clips, tmp_path):
     from lrl.io import LrlError
 
