@@ -116,6 +116,11 @@ def write_card(directory: str | Path, card_dir: str | Path = "data_cards", name:
         info = sk.get(split, {})
         body.append(f"| {split} | {s['clips']} | {s['hours']:.3f} | {s['speakers']} | {_median(s['durations']):.2f} | "
                     f"{_median(s['chars_per_second']):.1f} | {info.get('read', '?')} | {sum(info.get('skipped', {}).values())} |")
+    shares = [f"{split}: " + ", ".join(f"{spk or '(none)'} {share:.0%}" for spk, share in info["top_speakers"][:3])
+              for split, info in sk.items() if info.get("top_speakers")]
+    if shares:
+        body += ["", "Largest speakers' share of each split's audio (speaker ids cut to 16 characters): "
+                 + "; ".join(shares) + "."]
     body += ["", f"![durations]({name}_durations.png)", "", f"![chars per second]({name}_chars_per_second.png)", ""]
     reasons = sorted({r for info in sk.values() for r in info.get("skipped", {})})
     body += ["## Skipped rows", ""]
