@@ -224,7 +224,8 @@ def _read_vocab(source: Path) -> dict[str, int]:
 def transfer_head(model, target_tokens: list[str] | tuple[str, ...], source: str | Path, allow_pickle: bool = False) -> list[str]:
     """Copy the output rows of tokens shared with the CTC model at `source` (its lm_head and vocab.json)
     into `model.lm_head`; the blank ([PAD] / <pad>), unknown and word delimiter map to their
-    counterparts. Returns the tokens copied."""
+    counterparts; a character missing in the source is looked up in the other case. Returns the tokens
+    copied."""
     import torch
 
     source = Path(source)
@@ -239,7 +240,8 @@ def transfer_head(model, target_tokens: list[str] | tuple[str, ...], source: str
     copied = []
     with torch.no_grad():
         for i, tok in enumerate(target_tokens):
-            for cand in aliases.get(tok, (tok,)):
+            # exact match first, then the other case (English CTC models often use upper-case vocabularies)
+            for cand in aliases.get(tok, (tok, tok.upper(), tok.lower())):
                 j = src_vocab.get(cand)
                 if j is not None and j < weight.shape[0]:
                     model.lm_head.weight[i].copy_(weight[j])

@@ -200,22 +200,23 @@ def test_head_transfer_copies_the_rows_of_shared_characters(tiny_ckpt, tmp_path)
     from lrl.text import NormalizerConfig
     from lrl.vocab import Vocab
 
-    src_vocab = Vocab.from_chars("abcdexyz", NormalizerConfig())
+    src_vocab = Vocab.from_chars("abcdeXYZ", NormalizerConfig())  # an upper-case source vocabulary in part
     src = load_for_ctc(tiny_ckpt, len(src_vocab))
     torch.nn.init.normal_(src.lm_head.weight)
     torch.nn.init.normal_(src.lm_head.bias)
     src.save_pretrained(tmp_path / "src")
     src_vocab.save(tmp_path / "src")
-    tgt_vocab = Vocab.from_chars("abcẹọṣ", NormalizerConfig())
+    tgt_vocab = Vocab.from_chars("abcẹọṣy", NormalizerConfig())
     tgt = load_for_ctc(tiny_ckpt, len(tgt_vocab))
     before = tgt.lm_head.weight.detach().clone()
     copied = transfer_head(tgt, tgt_vocab.tokens, tmp_path / "src")
-    assert set(copied) == {"[PAD]", "[UNK]", "|", "a", "b", "c"}
+    assert set(copied) == {"[PAD]", "[UNK]", "|", "a", "b", "c", "y"}
     s2i = src_vocab.token_to_id
     for i, tok in enumerate(tgt_vocab.tokens):
         if tok in copied:
-            assert torch.equal(tgt.lm_head.weight[i], src.lm_head.weight[s2i[tok]])
-            assert tgt.lm_head.bias[i] == src.lm_head.bias[s2i[tok]]
+            j = s2i.get(tok, s2i.get(tok.upper()))
+            assert torch.equal(tgt.lm_head.weight[i], src.lm_head.weight[j])
+            assert tgt.lm_head.bias[i] == src.lm_head.bias[j]
         else:
             assert torch.equal(tgt.lm_head.weight[i], before[i])
 
