@@ -266,3 +266,22 @@ def test_saved_dir_loads_in_wav2vec2_processor_with_lm(tmp_path, cat_vocab):
     again = CTCDecoder.load(model_dir, compress_blanks=False)
     assert (again.config.alpha, again.config.beta) == (0.8, 1.0)
     assert again.decode(logp) == ours
+
+
+def test_fast_path_matches_pyctcdecode_decode_beams(cat_vocab, rng):
+    """lrl enters pyctcdecode's search directly (prefix set for the unigram trie, no empty hotword scorer,
+    leaner LM-beam scoring): texts, word frames and scores equal pyctcdecode's own decode_beams."""
+    from pyctcdecode import build_ctcdecoder
+
+    ref = build_ctcdecoder(labels_for_vocab(cat_vocab), str(TINY_ARPA))
+    ours = CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, DecoderConfig(compress_blanks=False, workers=1))
+    ours_cut = CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, DecoderConfig(workers=1))
+    for text in ["the cat sat", "sat the bat", "the the cat", "tthe caat ssat"] * 4:
+        lp = make_logp(cat_vocab, text, frames_per_char=3)
+        lp = lp + rng.normal(0, 2.0, lp.shape).astype(np.float32)
+        text_ref, _, frames_ref, logit_ref, lm_ref = ref.decode_beams(lp, prune_history=True)[0]
+        h, h_cut = ours.decode(lp), ours_cut.decode(lp)
+        assert h.text == h_cut.text == text_ref
+        assert [(w.word, (w.start, w.end)) for w in h.words] == frames_ref
+        assert h.words == h_cut.words
+        assert h.logit_score == pytest.approx(logit_ref, abs=1e-9) and h.lm_score == pytest.approx(lm_ref, abs=1e-9)
