@@ -33,6 +33,8 @@ AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a", ".webm")
 AUDIO_COLUMNS = ("path", "audio", "audio_path", "audio_filepath", "file", "filename", "wav", "clip")
 TEXT_COLUMNS = ("sentence", "text", "transcript", "transcription", "normalized_text", "label")
 SPEAKER_COLUMNS = ("client_id", "speaker", "speaker_id")
+CLIP_DURATIONS = "clip_durations.tsv"  # Common Voice: clip -> duration[ms], checked against the decoded audio
+CLIP_DURATION_TOLERANCE = 0.1  # seconds of difference always accepted (encoder padding)
 CORE_COLUMNS = ("id", "audio", "text", "sentence", "duration", "speaker")
 RENAMED_COLUMNS = {"accent": "accents"}  # old CV releases: one schema for all
 # Duplicates keep the copy in the most protected split: a clip in both train and test stays in test.
@@ -463,12 +465,29 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        kept_rows = _write_dataset(tmp, candidates, rows_out, vocab, vocab_dir, config, skipped, fp)
+        summary = _summary(src, kind, config, fp, vocab_source, len(vocab), rows, held, kept_rows, skipped, oov_unk)
+        if kind == "common_voice":
+            summary["clip_durations"] = _check_clip_durations(src / CLIP_DURATIONS, kept_rows)
+        _write_skipped(tmp / SKIPPED_FILE, skipped)
+        atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        _publish(tmp, out)
+    except BaseException:  # an error or Ctrl-C: no half-written directory stays behind (SIGKILL: the next run)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _write_dataset(tmp: Path, candidates, rows_out, vocab, vocab_dir, config: PrepareConfig, skipped, fp) -> list:
+    """Decode, filter and write every candidate into `tmp` (DatasetDict layout + vocab/); returns kept rows."""
     meta_cols = list(dict.fromkeys(c for r in rows_out for c in r.meta if not c.startswith("_")))
     features = _features(meta_cols)
     chunks = _chunks(candidates, tmp, _arrow_schema(features), meta_cols, config)
     for split in {c.path.parent for c in chunks}:
         split.mkdir()
     pool = _start_pool(config.num_proc, len(chunks))
+    saver = None
     try:
         # Vocab.save builds an HF tokenizer (imports transformers + torch: seconds): overlap it with decoding.
         saver = _Background(_save_vocab, vocab, tmp / VOCAB_DIR, Path(vocab_dir) if vocab_dir else None)
@@ -477,19 +496,35 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
         except BrokenProcessPool as e:
             raise LrlError("a decoding worker died (out of memory, or a decoder crash on one clip); "
                            "rerun with --num-proc 1 to see which clip") from e
-        saver.join()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if saver is not None:
+            saver.join()
     written = _finish_splits(tmp, [c.path for c in chunks], config.splits, features, fp)
     for s in config.splits:
         if s not in written and any(r.split == s for r in rows_out):
             logger.warning("split %s: no row kept, so the dataset has no %s split (see %s)", s, s, SKIPPED_FILE)
-    summary = _summary(src, kind, config, fp, vocab_source, len(vocab), rows, held, kept_rows, skipped, oov_unk)
-    _write_skipped(tmp / SKIPPED_FILE, skipped)
-    atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _publish(tmp, out)
-    return summary
+    return kept_rows
+
+
+def _check_clip_durations(path: Path, kept: list) -> dict | None:
+    """Compare decoded durations with Common Voice's clip_durations.tsv (a cross-check of the decoder)."""
+    if not path.is_file():
+        return None
+    _, table = read_table(path)
+    ms = {}
+    for r in table:
+        try:
+            ms[r.get("clip", "")] = float(r.get("duration[ms]", "")) / 1000
+        except ValueError:
+            continue
+    pairs = [(d, ms[Path(r.path).name]) for r, d in kept if Path(r.path).name in ms]
+    diffs = [abs(d - want) for d, want in pairs]
+    bad = sum(abs(d - want) > max(CLIP_DURATION_TOLERANCE, 0.05 * want) for d, want in pairs)
+    if bad:
+        logger.warning("%d of %d clips decode to a duration that differs from %s by > 5%%", bad, len(diffs), path.name)
+    return {"compared": len(diffs), "mismatched": bad, "max_abs_diff_s": round(max(diffs, default=0.0), 4)}
 
 
 class _Background:

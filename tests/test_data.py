@@ -206,6 +206,20 @@ def test_audio_folder_with_txt(shared_data, tmp_path):
     assert summary["splits"]["train"]["skipped"] == {"missing_transcript": 1}
 
 
+def test_interrupted_run_removes_its_tmp_dir(yo_cv, tmp_path, monkeypatch):
+    import lrl.data
+
+    src = copy_cv(yo_cv, tmp_path / "cv", n_train=3)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrl.data, "_run_chunks", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, tmp_path / "ds", PrepareConfig())
+    assert list(tmp_path.iterdir()) == [tmp_path / "cv"]
+
+
 # -- killed runs --------------------------------------------------------------------------------------
 def test_sigkill_midrun_leaves_no_dataset_and_rerun_matches(yo_cv, tmp_path):
     src = copy_cv(yo_cv, tmp_path / "cv", n_train=80, n_dev=4)
@@ -244,6 +258,9 @@ def test_yo_cv_cli_hours_match_clip_durations(yo_cv, tmp_path, cli):
               "--licence", "mit")
     assert res.exit_code == 0, res.output
     assert "kept +" in res.output
+    written = json.loads((out / "summary.json").read_text())
+    check = written["clip_durations"]
+    assert check["compared"] == written["total"]["kept"] and check["mismatched"] == 0
     dd = datasets.load_from_disk(str(out))
     ms = dict(line.split("\t") for line in (yo_cv / "clip_durations.tsv").read_text().splitlines()[1:])
     for split in ("train", "dev", "test"):
