@@ -20,7 +20,7 @@ from typing import Literal
 
 from lrl.audio import SAMPLE_RATE, AudioError, load_audio
 from lrl.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
-from lrl.text import Normalizer, NormalizerConfig
+from lrl.text import DigitsInText, Normalizer, NormalizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ OovPolicy = Literal["drop", "unk"]
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """What `prepare` keeps. Saved in summary.json; all fields but num_proc enter the input fingerprint."""
+    """What `prepare` keeps. Saved in summary.json; all fields but num_proc, overwrite and licence enter the
+    input fingerprint (they do not change the dataset)."""
 
     splits: tuple[str, ...] = ("train", "dev", "test")  # output splits (CV: <split>.tsv; manifests: `split` column)
     train_from_validated: bool = False  # CV: train = validated.tsv minus dev/test clips and sentences
@@ -112,9 +113,9 @@ def _rows_from_table(path: Path, split_of, config: PrepareConfig, cv: bool) -> l
     used = {audio_col, text_col, spk_col, "split", "id"}
     meta_cols = [c for c in header if c not in used]
     rows = []
-    for r in table:
-        rel = r.get(audio_col, "")
-        rid = r.get("id") or (Path(rel).stem if cv else str(Path(rel).with_suffix("")))
+    for i, r in enumerate(table, start=2):
+        rel = r.get(audio_col, "").strip()
+        rid = r.get("id") or (f"{path.name}:{i}" if not rel else Path(rel).stem if cv else str(Path(rel).with_suffix("")))
         meta = {(f"src_{c}" if c in CORE_COLUMNS else c): r.get(c, "") for c in meta_cols}
         rows.append(_Row(split_of(r), rid, rel, r.get(text_col, ""), r.get(spk_col, "") if spk_col else "", meta))
     return rows
@@ -165,20 +166,23 @@ def _read_manifest(path: Path, config: PrepareConfig) -> list[_Row]:
     return rows
 
 
-def _read_folder(src: Path, config: PrepareConfig) -> list[_Row]:
-    """Audio files with a same-named .txt; top-level folders named after splits give the split."""
+def _read_folder(src: Path, config: PrepareConfig) -> tuple[list[_Row], list[Path]]:
+    """(rows, transcript files) of audio files with a same-named .txt; top-level folders named after splits
+    give the split. A missing or unreadable .txt makes the row a `missing_transcript` skip."""
     default = "train" if "train" in config.splits else config.splits[0]
-    rows = []
+    rows, texts = [], []
     for p in iter_files(src, AUDIO_SUFFIXES):
         rel = p.relative_to(src)
         split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in config.splits else default
         txt = p.with_suffix(".txt")
-        sentence = " ".join(read_text_lines(txt)) if txt.is_file() else None
-        row = _Row(split, str(rel.with_suffix("")), str(rel), sentence or "")
-        if sentence is None:
-            row.meta["_missing_transcript"] = "1"
+        row = _Row(split, str(rel.with_suffix("")), str(rel), "")
+        try:
+            row.sentence = " ".join(read_text_lines(txt))
+            texts.append(txt)
+        except LrlError as e:
+            row.meta["_missing_transcript"] = str(e)
         rows.append(row)
-    return rows
+    return rows, texts
 
 
 def read_source(src: str | Path, config: PrepareConfig) -> tuple[str, Path, list[_Row], list[_Row], list[Path]]:
@@ -195,10 +199,10 @@ def read_source(src: str | Path, config: PrepareConfig) -> tuple[str, Path, list
             raise LrlError(f"{src} has Common Voice TSVs but no clips/ folder next to them")
         rows, held, tables = _read_cv(src, config)
         return "common_voice", src / "clips", rows, held, tables
-    rows = _read_folder(src, config)
+    rows, texts = _read_folder(src, config)
     if not rows:
         raise LrlError(f"{src}: no Common Voice TSVs and no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
-    return "folder", src, rows, [], []
+    return "folder", src, rows, [], texts
 
 
 # -- filters ------------------------------------------------------------------------------------------
@@ -434,18 +438,18 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     normalizer = Normalizer(vocab.normalizer)
     order = sorted(pending, key=lambda r: SPLIT_PRIORITY.index(r.split) if r.split in SPLIT_PRIORITY else len(SPLIT_PRIORITY))
     for r in order:
-        if r.meta.pop("_missing_transcript", None):
-            skipped.append((r, "missing_transcript", f"no {Path(r.path).with_suffix('.txt')}"))
+        missing = r.meta.pop("_missing_transcript", None)
+        if missing:
+            skipped.append((r, "missing_transcript", missing))
             continue
-        if r.file in seen:
-            skipped.append((r, "duplicate", f"same clip as {seen[r.file]}"))
-            continue
-        seen[r.file] = f"{r.split}/{r.id}"
         votes = _votes(r) if config.check_votes else None
         if votes and votes[1] > 0 and votes[1] >= votes[0]:
             skipped.append((r, "down_voted", f"up {votes[0]}, down {votes[1]}"))
             continue
-        text = normalizer(r.sentence)
+        try:
+            text = normalizer(r.sentence)
+        except DigitsInText:  # the vocabulary's normaliser says digits="error": skip, never abort the run
+            text = None
         if text is None:
             skipped.append((r, "digits", r.sentence))
             continue
@@ -456,6 +460,10 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
         if oov and config.oov == "drop":
             skipped.append((r, "oov", " ".join(sorted(oov))))
             continue
+        if r.file in seen:  # checked last: a copy with a usable transcript is the one kept
+            skipped.append((r, "duplicate", f"same clip as {seen[r.file]}"))
+            continue
+        seen[r.file] = f"{r.split}/{r.id}"
         oov_unk += bool(oov)
         r.text = text
         candidates.append(r)

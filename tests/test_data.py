@@ -200,10 +200,33 @@ def test_audio_folder_with_txt(shared_data, tmp_path):
             shutil.copy(shared_data / "fsdd" / "recordings" / f"{n}.wav", src / split / f"{n}.wav")
             (src / split / f"{n}.txt").write_text(["zero", "one", "two"][int(n[0])] + "\n")
     (src / "train" / "1_jackson_10.txt").unlink()
+    shutil.copy(shared_data / "fsdd" / "recordings" / "0_lucas_10.wav", src / "train" / "latin1.wav")
+    (src / "train" / "latin1.txt").write_bytes("z\xe9ro\n".encode("latin-1"))
     summary = prepare(src, tmp_path / "ds", PrepareConfig(min_duration=0.1))
     dd, _ = load_prepared(tmp_path / "ds")
     assert list(dd["train"]["id"]) == ["train/0_george_10"] and list(dd["test"]["text"]) == ["zero"]
-    assert summary["splits"]["train"]["skipped"] == {"missing_transcript": 1}
+    assert summary["splits"]["train"]["skipped"] == {"missing_transcript": 2}
+    details = {r["id"]: r["detail"] for r in _skipped(tmp_path / "ds")}
+    assert "not UTF-8" in details["train/latin1"]
+
+
+def test_manifest_faults_and_digit_policy(shared_data, tmp_path):
+    from lrl.text import NormalizerConfig
+    from lrl.vocab import build_vocab
+
+    manifest = fsdd_manifest(shared_data / "fsdd", tmp_path / "m", n=4)
+    lines = manifest.read_text().splitlines()
+    first = lines[1].split("\t")
+    lines += ["\t".join(["", "zero", "x", "train"]),                       # no path
+              "\t".join([str(shared_data / "fsdd" / first[0]), "zero", "x", "train"]),  # absolute
+              "\t".join([first[0], "zero 0", "x", "test"])]                 # digits (its clip is also row 1)
+    manifest.write_text("\n".join(lines) + "\n")
+    build_vocab(["zero one two three four five six seven eight nine"], NormalizerConfig(digits="drop")).vocab.save(tmp_path / "v")
+    summary = prepare(manifest, tmp_path / "ds", PrepareConfig(min_duration=0.1), vocab_dir=tmp_path / "v")
+    reasons = Counter(r["reason"] for r in _skipped(tmp_path / "ds"))
+    assert reasons["no_path"] == 1 and reasons["unsafe_path"] == 1 and reasons["digits"] == 1
+    assert summary["total"]["read"] == 7 == summary["total"]["kept"] + summary["total"]["skipped"]
+    assert "duplicate" not in reasons  # the copy with digits is skipped for them, the clean copy is kept
 
 
 def test_interrupted_run_removes_its_tmp_dir(yo_cv, tmp_path, monkeypatch):
