@@ -77,6 +77,25 @@ def _median(values: list[float]) -> float:
     return (v[len(v) // 2] + v[(len(v) - 1) // 2]) / 2 if v else 0.0
 
 
+def _command(source: str, out: str, config: dict) -> str:
+    """The `lrl data prepare` command line that gives this config (options that differ from the defaults)."""
+    from lrl.data import PrepareConfig
+
+    default = PrepareConfig().to_dict()
+    parts = ["lrl data prepare", source, "--out", out]
+    for key, value in config.items():
+        if key in ("num_proc", "overwrite") or key not in default or json.dumps(value) == json.dumps(default[key]):
+            continue
+        opt = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(opt if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            parts += [opt, ",".join(value)]
+        else:
+            parts += [opt, str(value)]
+    return " ".join(parts)
+
+
 def write_card(directory: str | Path, card_dir: str | Path = "data_cards", name: str | None = None,
                language: str | None = None, licence: str | None = None) -> Path:
     """Write `card_dir/<name>.md` (a Hugging Face dataset card) and its two PNGs; returns the card's path."""
@@ -144,7 +163,8 @@ def write_card(directory: str | Path, card_dir: str | Path = "data_cards", name:
     if note.is_file():
         body += ["", *["> " + line for line in note.read_text(encoding="utf-8").strip().splitlines()]]
     cfg = {k: v for k, v in config.items() if k not in ("num_proc", "overwrite")}
-    body += ["", "## Preparation", "", "```json", json.dumps(cfg, indent=1, ensure_ascii=False), "```", ""]
+    body += ["", "## Preparation", "", "```bash", _command(summary.get("source", "SRC"), Path(directory).name, config),
+             "```", "", "```json", json.dumps(cfg, indent=1, ensure_ascii=False), "```", ""]
 
     path = card_dir / f"{name}.md"
     DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)).save(path)

@@ -375,7 +375,9 @@ def _start_pool(num_proc: int, n_chunks: int):
     import soxr  # noqa: F401
 
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    return ProcessPoolExecutor(min(num_proc, n_chunks), mp_context=mp.get_context(method))
+    pool = ProcessPoolExecutor(min(num_proc, n_chunks), mp_context=mp.get_context(method))
+    pool.submit(int).result()  # with fork, the first submit starts every worker: now, while we are one thread
+    return pool
 
 
 def _run_chunks(chunks: list[_Chunk], pool, skipped: list) -> list[tuple[_Row, float]]:
