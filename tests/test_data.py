@@ -331,3 +331,20 @@ def test_handwritten_features_match_installed_datasets(yo_cv, tmp_path):
     assert ds.features["audio"] == datasets.List(datasets.Value("float32"))
     assert ds.data.schema.field("audio").type == pa.list_(pa.float32())
     assert ds.to_pandas().shape[0] == 2
+
+
+def test_card_lists_skips_and_characters(yo_cv, tmp_path, cli):
+    from huggingface_hub import DatasetCard
+
+    expected = make_faulty_cv(yo_cv, tmp_path / "cv")
+    prepare(tmp_path / "cv", tmp_path / "ds", PrepareConfig(licence="cc0-1.0"))
+    res = cli("data", "card", tmp_path / "ds", "--out", tmp_path / "cards", "--name", "faulty")
+    assert res.exit_code == 0, res.output
+    card = DatasetCard.load(tmp_path / "cards" / "faulty.md")
+    assert card.data.license == "cc0-1.0" and card.data.language == ["yo"]
+    assert card.data.task_categories == ["automatic-speech-recognition"]
+    for reason in {r for _, _, r in expected["skipped"]}:
+        assert f"| {reason} " in card.text or f" {reason} |" in card.text
+    assert "LATIN SMALL LETTER O WITH DOT BELOW" in card.text
+    assert f"lrl data prepare {tmp_path / 'cv'} --out ds --licence cc0-1.0" in card.text
+    assert (tmp_path / "cards" / "faulty_chars_per_second.png").is_file()
