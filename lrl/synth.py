@@ -211,3 +211,48 @@ def make_swahili_demo_corpus(out: str | Path, n_train: int = 600, n_dev: int = 6
     synthesize_corpus({"train": train, "dev": dev, "test": test}, out, SynthConfig(seed=seed), progress)
     atomic_write_text(out / "lm.txt", "\n".join(lm) + "\n")
     return out
+
+
+# -- multilingual speech for a cross-lingual starting checkpoint ------------------------------------------
+# espeak-ng voices for languages whose Common Voice sentence files ship in ../shared/data/lm-text
+# (file stem -> voice). Several Latin-script orthographies: what a small XLS-R-like start needs to share
+# letters (and so CTC head rows) with many target languages.
+ESPEAK_VOICES = {"cy": "cy", "eu": "eu", "ga-IE": "ga", "mt": "mt", "de": "de", "en": "en", "sw": "sw"}
+
+
+def make_multilingual_corpus(
+    out: str | Path,
+    texts: dict[str, str | Path],
+    n_per_language: int = 300,
+    n_dev_per_language: int = 10,
+    max_words: int = 12,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Speech in several languages (`texts`: language -> sentence file; "sw" may map to "grammar") as one
+    manifest `out/manifest.tsv` (path, sentence, split, speaker, language) for `lrl data prepare`."""
+    from lrl.io import read_text_lines
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lang, src in texts.items():
+        if lang not in ESPEAK_VOICES:
+            raise LrlError(f"no espeak-ng voice known for {lang!r}; known: {sorted(ESPEAK_VOICES)}")
+        n = n_per_language + n_dev_per_language
+        if str(src) == "grammar":
+            sents = unique_sentences(swahili_sentence, n, rng)
+        else:
+            pool = [s.strip() for s in read_text_lines(src) if 2 <= len(s.split()) <= max_words]
+            if len(pool) < n:
+                raise LrlError(f"{src}: only {len(pool)} sentences of 2..{max_words} words; need {n}")
+            sents = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+        cfg = SynthConfig(language=ESPEAK_VOICES[lang], seed=int(rng.integers(1 << 31)))
+        synthesize_corpus({"train": sents[:n_per_language], "dev": sents[n_per_language:]}, out / lang, cfg, progress)
+        for split in ("train", "dev"):
+            from lrl.io import read_table
+
+            for r in read_table(out / lang / f"{split}.tsv")[1]:
+                rows.append([f"{lang}/clips/{r['path']}", r["sentence"], split, r["client_id"], lang])
+    _write_tsv(out / "manifest.tsv", ("path", "sentence", "split", "speaker", "language"), rows)
+    return out

@@ -55,3 +55,17 @@ def test_config_validation():
         SynthConfig(snr_db=(30, 10))
     with pytest.raises(ValueError, match="noise_p"):
         SynthConfig(noise_p=2)
+
+
+def test_multilingual_corpus_is_a_manifest_data_prepare_reads(tmp_path, shared_data):
+    from lrl.data import PrepareConfig, load_prepared, prepare
+    from lrl.synth import make_multilingual_corpus
+
+    texts = {"cy": shared_data / "lm-text" / "cy.txt", "sw": "grammar"}
+    out = make_multilingual_corpus(tmp_path / "ml", texts, n_per_language=3, n_dev_per_language=1, seed=2)
+    _, rows = read_table(out / "manifest.tsv")
+    assert sorted({r["language"] for r in rows}) == ["cy", "sw"]
+    assert sum(r["split"] == "dev" for r in rows) == 2
+    prepare(out / "manifest.tsv", tmp_path / "data", PrepareConfig(splits=("train", "dev")))
+    ds, vocab = load_prepared(tmp_path / "data")
+    assert len(ds["train"]) == 6 and "w" in vocab.chars
