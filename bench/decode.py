@@ -159,7 +159,8 @@ def main() -> None:
               "against `decode_beams`): (1) blank cutting keeps one frame of each run of frames where only the "
               "blank reaches token_min_logp (-5): such frames add the same score to every beam; (2) the search is "
               "entered once with pre-converted log-probs, a prefix set instead of the unigram CharTrie, no empty "
-              "hotword scorer and a leaner LM-beam scoring loop (pyctcdecode 0.5.0 only); (3) one pool forked "
+              "hotword scorer, beam extension fused with beam merging and a leaner LM-beam scoring loop "
+              "(pyctcdecode 0.5.0 only; other versions use the stock search); (3) one pool forked "
               "after the LM is loaded (workers inherit it), started inside the timing, longest utterances first. "
               "With 4 other engineers' jobs on the 2 cores the pool's share of the gain is small and noisy."]
     md = "\n".join(lines)
