@@ -501,9 +501,13 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
                         color="white" if v > (vmin + vmax) / 2 else "black")
         b = result.best
         if b.alpha in alphas and b.beta in betas:
-            ax.plot(alphas.index(b.alpha), betas.index(b.beta), marker="*", color="red", markersize=22,
-                    markeredgecolor="white", label=f"best: alpha={b.alpha:g}, beta={b.beta:g}")
-            ax.legend(loc="upper right", fontsize=8)
+            from matplotlib.patches import Rectangle
+
+            c, r = alphas.index(b.alpha), betas.index(b.beta)
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3,
+                                   label=f"best: alpha={b.alpha:g}, beta={b.beta:g}"))
+            ax.plot(c + 0.32, r + 0.3, marker="*", color="red", markersize=12, markeredgecolor="white")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
         fig.colorbar(im, ax=ax, label="WER %")
     fig.suptitle(title or (f"greedy {result.greedy_wer:.1%} | defaults (0.5, 1.5) {result.default.wer:.1%} | "
                            f"best {result.best.wer:.1%} at alpha={result.best.alpha:g}, beta={result.best.beta:g}, "

@@ -483,4 +483,24 @@ def install_lm(lm: str | Path, target_dir: str | Path, vocab: Vocab, alpha: floa
     unk = src.attrs.get("unk_score_offset", DEFAULT_UNK_SCORE_OFFSET) if unk_score_offset is None else unk_score_offset
     write_attrs(dst, alpha, beta, unk, bool(src.attrs.get("score_boundary", True)))
     write_alphabet(target_dir, vocab)
+    mark_processor_with_lm(target_dir)
     return dst
+
+
+def mark_processor_with_lm(model_dir: str | Path) -> bool:
+    """Set processor_class = Wav2Vec2ProcessorWithLM in the processor/feature-extractor configs of a model
+    dir (if it has them), which is what transformers' `pipeline` looks for before it attaches the LM.
+    `Wav2Vec2Processor.from_pretrained` is unaffected; `AutoProcessor` then returns the LM processor."""
+    changed = False
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(model_dir) / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        targets = [data] + [data[k] for k in ("feature_extractor", "audio_processor") if isinstance(data.get(k), dict)]
+        for d in targets:
+            if d.get("processor_class") != "Wav2Vec2ProcessorWithLM":
+                d["processor_class"] = "Wav2Vec2ProcessorWithLM"
+                changed = True
+        atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return changed

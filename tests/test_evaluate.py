@@ -213,6 +213,10 @@ def test_cli_tune_writes_decoder_config_heatmap_and_hf_loadable_lm(tiny_model, t
 
     proc = Wav2Vec2ProcessorWithLM.from_pretrained(str(tiny_model))
     assert proc.language_model.alpha == dj["alpha"]
+    from transformers import pipeline
+
+    asr = pipeline("automatic-speech-recognition", model=str(tiny_model))
+    assert asr.type == "ctc_with_lm"  # the pipeline attaches the installed LM
     # evaluate now finds the installed LM and its tuned settings on its own
     res = evaluate(tiny_model, tiny_data, EvalConfig(split="dev"))
     assert res.cached and res.decoder["alpha"] == dj["alpha"] and res.decoder["beam_width"] == dj["beam_width"]
