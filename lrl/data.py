@@ -40,6 +40,7 @@ RENAMED_COLUMNS = {"accent": "accents"}  # old CV releases: one schema for all
 # Duplicates keep the copy in the most protected split: a clip in both train and test stays in test.
 SPLIT_PRIORITY = ("test", "dev", "train")
 WRITE_BATCH = 32  # rows per Arrow record batch (a worker holds at most this many decoded clips)
+WRITE_BATCH_SAMPLES = 2**26  # ...or this many samples (256 MB; Arrow list offsets are int32)
 CHUNK_MIN, CHUNK_MAX = 16, 256  # rows per worker task; each task writes one Arrow shard of the split
 
 OovPolicy = Literal["drop", "unk"]
@@ -312,10 +313,11 @@ def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None
     it goes straight into the chunk's Arrow stream file, in record batches of WRITE_BATCH rows."""
     import pyarrow as pa
 
-    c, out, batch, writer = chunk.config, [], [], None
+    c, out, batch, writer, n_samples = chunk.config, [], [], None, 0
 
     def flush():
-        nonlocal writer
+        nonlocal writer, n_samples
+        n_samples = 0
         if batch:
             if writer is None:
                 writer = pa.ipc.new_stream(pa.OSFile(str(chunk.path), "wb"), chunk.schema)
@@ -338,7 +340,8 @@ def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None
                 continue
             out.append((dur, None))
             batch.append((row, samples))
-            if len(batch) >= WRITE_BATCH:
+            n_samples += len(samples)
+            if len(batch) >= WRITE_BATCH or n_samples >= WRITE_BATCH_SAMPLES:
                 flush()
         flush()
     finally:
