@@ -1,0 +1,225 @@
+"""The low-resource benchmark: what each way of starting and fine-tuning buys on real Yoruba speech
+(../shared/data/yo-cv) with a tiny model and a fixed wall-clock budget per arm (pretraining counted).
+
+Arms (all `tiny_config("small")`-shaped, 2.5M parameters):
+  a  from scratch: random init, lrl's CPU recipe (high LR, short warm-up, conv front end trained)
+  b  `lrl pretrain` on all unlabeled speech in ../shared/data (yo-cv clips + fsdd), then fine-tune
+     (the pretraining minutes come out of the arm's budget)
+  c  cross-lingual start built by lrl: CTC on espeak-ng speech in 7 languages (cy eu ga mt de en sw),
+     then fine-tuned on Yoruba with head transfer (--init-head-from); the build is reported apart,
+     like XLS-R's pretraining is not paid by its users
+  d  the best start of a-c plus layer-wise LR decay, progressive unfreezing and `light` augmentation
+  e  the same start as d with the defaults of HF's run_speech_recognition_ctc.py (lr 3e-4, warmup 500,
+     linear decay, batch 8 clips, feature encoder frozen, mask_time_prob 0.05)
+Each arm: greedy and with a KenLM 3-gram from lm-text/yo.txt (dev/test sentences excluded), alpha/beta
+tuned on dev; WER/CER on test. Usage: python bench/lowres.py [--minutes 20] [--xl-minutes 20] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+WORK = ROOT / "bench" / "_work" / "lowres"
+LRL = [sys.executable, "-m", "lrl"]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command, its output to `log`; returns wall seconds; raises on failure with the log's tail."""
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{tail}")
+    return time.perf_counter() - t0
+
+
+def train_cmd(data: Path, start: str, out: Path, minutes: float, extra: list[str]) -> list[str]:
+    sets = [
+        "--set", f"max_minutes={minutes}", "--set", "optim.max_steps=100000",
+        "--set", "eval.eval_steps=100", "--set", "eval.save_total_limit=1", "--set", "data.max_eval_clips=40",
+    ]
+    return [*LRL, "train", "run", "--data", data, "--checkpoint", start, "--out", out, *sets, *extra]
+
+
+SCRATCH_RECIPE = [  # lrl's CPU recipe for a random start (ENV-NOTES calibration on spoken digits)
+    "--set", "optim.lr=1.5e-3", "--set", "optim.warmup_steps=30", "--set", "freeze.freeze_feature_encoder=false",
+    "--set", "batching.max_seconds=16", "--set", "model.spec_augment=hf-default",
+]
+FINETUNE_RECIPE = [  # a trained start: keep the conv front end, gentler LR
+    "--set", "optim.lr=5e-4", "--set", "optim.warmup_steps=30", "--set", "batching.max_seconds=16",
+    "--set", "model.spec_augment=hf-default",
+]
+SCHEDULE_EXTRAS = [  # arm d on top of the best start's recipe
+    "--set", "optim.layer_decay=0.8", "--set", "optim.head_lr_mult=2.0", "--set", "freeze.freeze_encoder_steps=50",
+    "--set", "freeze.unfreeze_layers=1", "--set", "freeze.unfreeze_every=50", "--set", "data.augment=light",
+]
+HF_DEFAULTS = [  # run_speech_recognition_ctc.py + its README's recipe, mapped onto lrl's keys
+    "--set", "optim.lr=3e-4", "--set", "optim.warmup_steps=500", "--set", "optim.schedule=linear",
+    "--set", "freeze.freeze_feature_encoder=true", "--set", "batching.max_seconds=100000",
+    "--set", "batching.max_batch_size=8", "--set", "model.spec_augment=hf-default",
+]
+
+
+def evaluate_arm(model: Path, data: Path, lm: Path, logdir: Path) -> dict:
+    run([*LRL, "lm", "tune", model, data, "--lm", lm, "--split", "dev", "--alphas", "0,0.5,1,1.5,2",
+         "--betas", "-1,0,1,2,3", "--beam-widths", "32,64"], logdir / "tune.log")
+    run([*LRL, "evaluate", model, data, "--split", "test"], logdir / "evaluate.log")
+    return json.loads((model / "eval-test" / "summary.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget per arm (pretraining included)")
+    ap.add_argument("--pretrain-share", type=float, default=0.4, help="share of arm b's budget spent pretraining")
+    ap.add_argument("--xl-minutes", type=float, default=20.0, help="budget for building the cross-lingual start")
+    ap.add_argument("--xl-per-language", type=int, default=300, help="espeak-ng utterances per language")
+    ap.add_argument("--smoke", action="store_true", help="tiny budgets: checks the pipeline, measures nothing")
+    ap.add_argument("--arms", default="abcde")
+    args = ap.parse_args()
+    if args.smoke:
+        args.minutes, args.xl_minutes, args.xl_per_language = 1.5, 1.5, 20
+    WORK.mkdir(parents=True, exist_ok=True)
+    data, lm = WORK / "yo-data", WORK / "yo-lm"
+    if not (data / "summary.json").is_file():
+        run([*LRL, "data", "prepare", SHARED / "yo-cv", "--out", data, "--language", "yo", "--no-card"], WORK / "prepare.log")
+    if not (lm / "lm_build.json").is_file():
+        run([*LRL, "lm", "build", SHARED / "lm-text" / "yo.txt", "--vocab", data / "vocab", "--order", "3",
+             "--oov", "strip-marks", "--exclude", SHARED / "yo-cv" / "dev.tsv", "--exclude", SHARED / "yo-cv" / "test.tsv",
+             "--out", lm], WORK / "lm.log")
+
+    results: dict[str, dict] = {}
+    wall: dict[str, float] = {}
+    starts: dict[str, tuple[str, list[str]]] = {}
+    notes: list[str] = []
+    budget = args.minutes
+
+    if "a" in args.arms:
+        d = WORK / "a"
+        d.mkdir(exist_ok=True)
+        run([*LRL, "train", "init-tiny", d / "init", "--size", "small"], d / "init.log")
+        wall["a"] = run(train_cmd(data, str(d / "init"), d / "model", budget, SCRATCH_RECIPE), d / "train.log")
+        starts["a"] = (str(d / "init"), SCRATCH_RECIPE)
+        results["a"] = evaluate_arm(d / "model", data, lm, d)
+
+    if "b" in args.arms:
+        d = WORK / "b"
+        d.mkdir(exist_ok=True)
+        pre_min = budget * args.pretrain_share
+        t_pre = run([*LRL, "pretrain", SHARED / "yo-cv" / "clips", SHARED / "fsdd" / "recordings", "--fresh", "tiny-small",
+                     "--out", d / "ssl", "--steps", "100000", "--max-minutes", str(pre_min), "--lr", "5e-4",
+                     "--warmup", "50", "--max-seconds", "8", "--min-seconds", "1", "--gumbel-min-at-step", "2000"],
+                    d / "pretrain.log")
+        t_ft = run(train_cmd(data, str(d / "ssl"), d / "model", max(0.5, budget - t_pre / 60), SCRATCH_RECIPE), d / "train.log")
+        wall["b"] = t_pre + t_ft
+        starts["b"] = (str(d / "ssl"), SCRATCH_RECIPE)
+        results["b"] = evaluate_arm(d / "model", data, lm, d)
+        notes.append(f"b: pretraining took {t_pre / 60:.1f} of its {budget:.0f} minutes")
+
+    if "c" in args.arms:
+        from lrl.synth import make_multilingual_corpus
+
+        d = WORK / "c"
+        d.mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        lt = SHARED / "lm-text"
+        texts = {"cy": lt / "cy.txt", "eu": lt / "eu.txt", "ga-IE": lt / "ga-IE.txt", "mt": lt / "mt.txt",
+                 "de": lt / "de.txt", "en": lt / "en.txt", "sw": "grammar"}
+        if not (d / "corpus" / "manifest.tsv").is_file():
+            make_multilingual_corpus(d / "corpus", texts, n_per_language=args.xl_per_language, n_dev_per_language=10)
+        if not (d / "xl-data" / "summary.json").is_file():
+            run([*LRL, "data", "prepare", d / "corpus" / "manifest.tsv", "--out", d / "xl-data", "--splits", "train,dev",
+                 "--no-card"], d / "xl-prepare.log")
+        run([*LRL, "train", "init-tiny", d / "init", "--size", "small"], d / "init.log")
+        run(train_cmd(d / "xl-data", str(d / "init"), d / "xl", args.xl_minutes, SCRATCH_RECIPE), d / "xl-train.log")
+        t_build = time.perf_counter() - t0
+        notes.append(f"c: building the cross-lingual start took {t_build / 60:.1f} min (not counted in the arm)")
+        xl_recipe = [*FINETUNE_RECIPE, "--init-head-from", str(d / "xl")]
+        wall["c"] = run(train_cmd(data, str(d / "xl"), d / "model", budget, xl_recipe), d / "train.log")
+        starts["c"] = (str(d / "xl"), xl_recipe)
+        results["c"] = evaluate_arm(d / "model", data, lm, d)
+
+    if starts and ("d" in args.arms or "e" in args.arms):
+        best = min(starts, key=lambda k: results[k]["greedy"]["cer"])
+        start, recipe = starts[best]
+        notes.append(f"d/e start from arm {best}'s starting checkpoint (lowest greedy test CER of the starts)")
+        head = ["--init-head-from", recipe[recipe.index("--init-head-from") + 1]] if "--init-head-from" in recipe else []
+        for arm, extra in (("d", [*recipe, *SCHEDULE_EXTRAS]), ("e", [*HF_DEFAULTS, *head])):
+            if arm not in args.arms:
+                continue
+            d = WORK / arm
+            d.mkdir(exist_ok=True)
+            wall[arm] = run(train_cmd(data, start, d / "model", budget, extra), d / "train.log")
+            results[arm] = evaluate_arm(d / "model", data, lm, d)
+
+    write_table(results, wall, notes, args)
+
+
+ARM_NAMES = {
+    "a": "a: from scratch", "b": "b: lrl pretrain, then fine-tune", "c": "c: cross-lingual espeak start + head transfer",
+    "d": "d: best start + layer-wise LR, unfreezing, augmentation", "e": "e: best start, HF example defaults",
+}
+
+
+def write_table(results: dict, wall: dict, notes: list[str], args) -> None:
+    from _results import update_section
+
+    lines = [
+        f"yo-cv train (1.56 h, one speaker) -> test (100 clips); tiny 2.5M-parameter Wav2Vec2; budget "
+        f"{args.minutes:g} wall-clock minutes per arm{' (SMOKE RUN: pipeline check only)' if args.smoke else ''}; "
+        "LM: KenLM 3-gram from lm-text/yo.txt minus dev/test sentences, alpha/beta tuned on dev.",
+        "",
+        "| arm | greedy WER | greedy CER | LM WER | LM CER | rel. WER gain from LM | wall min |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for arm, r in results.items():
+        g, lmr = r["greedy"], r.get("lm") or {}
+        gain = (g["wer"] - lmr["wer"]) / g["wer"] if lmr and g["wer"] else float("nan")
+        lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {lmr.get('wer', float('nan')):.1%} | "
+                     f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {wall.get(arm, 0) / 60:.1f} |")
+    lines += ["", *[f"- {n}" for n in notes]]
+    png = plot_curves(results)
+    if png:
+        lines += ["", f"![dev CER during training]({png.relative_to(ROOT / 'bench')})"]
+    update_section("lowres", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def plot_curves(results: dict) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm in results:
+        path = WORK / arm / "model" / "metrics.csv"
+        if not path.is_file():
+            continue
+        rows = [r for r in csv.DictReader(path.open()) if r.get("eval_cer")]
+        if rows:
+            x = [float(r.get("elapsed_s") or r["step"]) / (60 if r.get("elapsed_s") else 1) for r in rows]
+            ax.plot(x, [float(r["eval_cer"]) for r in rows], marker="o", label=ARM_NAMES[arm])
+    ax.set_xlabel("training minutes (fine-tuning)")
+    ax.set_ylabel("dev CER (greedy)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    png = ROOT / "bench" / "lowres_curves.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+if __name__ == "__main__":
+    main()
