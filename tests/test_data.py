@@ -348,3 +348,17 @@ def test_card_lists_skips_and_characters(yo_cv, tmp_path, cli):
     assert "LATIN SMALL LETTER O WITH DOT BELOW" in card.text
     assert f"lrl data prepare {tmp_path / 'cv'} --out ds --licence cc0-1.0" in card.text
     assert (tmp_path / "cards" / "faulty_chars_per_second.png").is_file()
+
+
+@pytest.mark.slow
+def test_fsdd_full_manifest_through_cli(shared_data, tmp_path, cli):
+    out = tmp_path / "fsdd"
+    res = cli("data", "prepare", shared_data / "fsdd" / "metadata.tsv", "--out", out, "--min-duration", "0.1",
+              "--num-proc", "2", "--card-dir", tmp_path / "cards", "--licence", "cc-by-sa-4.0")
+    assert res.exit_code == 0, res.output
+    dd, vocab = load_prepared(out)
+    n_rows = len((shared_data / "fsdd" / "metadata.tsv").read_text().splitlines()) - 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["total"]["read"] == n_rows == sum(len(d) for d in dd.values()) + summary["total"]["skipped"]
+    assert set(dd) == {"train", "test"} and summary["splits"]["test"]["speakers"] == 6
+    assert set("".join(dd["test"]["text"])) <= set(vocab.chars) | {" "}
