@@ -94,7 +94,7 @@ def run_arm(arm: str, data: Path, ckpt: Path, clips: int, max_seconds: float, ba
         "arm": arm, "steps": len(batches), "audio_s": real, "train_s": sum(step_times),
         "audio_s_per_s": real / sum(step_times), "padding_eff": real / padded,
         "max_batch_padded_s": max(max(durations[i] for i in b) * len(b) for b in batches),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # before the FLOP count below
     }
     if flops:
         from torch.utils.flop_counter import FlopCounterMode
