@@ -291,6 +291,8 @@ def _to_pyctc_logp(logits: np.ndarray) -> np.ndarray:
 
     from pyctcdecode.decoder import _log_softmax
 
+    if len(logits) == 0:
+        return logits.astype(np.float32)
     if math.isclose(logits.sum(axis=1).mean(), 1):
         return np.log(np.clip(logits, MIN_TOKEN_CLIP_P, 1))
     return np.clip(_log_softmax(logits, axis=1), np.log(MIN_TOKEN_CLIP_P), 0)

@@ -222,6 +222,17 @@ def _check_vocab(model_dir: str | Path, data_vocab) -> None:
                        len(model_vocab), len(data_vocab))
 
 
+def _warn_if_flat(logps: list[np.ndarray], threshold: float = 0.5) -> None:
+    """Beam search slows down by orders of magnitude on near-uniform outputs (every token is expanded)."""
+    frames = [np.exp(lp.max(axis=1)) for lp in logps if len(lp)]
+    if frames and float(np.mean(np.concatenate(frames))) < threshold:
+        logger.warning(
+            "the model's outputs are flat (mean top-token probability %.2f < %.2f: under-trained?); LM beam "
+            "search expands most tokens at every frame and will be slow. Use --no-lm, or train longer.",
+            float(np.mean(np.concatenate(frames))), threshold,
+        )
+
+
 # -- scoring ---------------------------------------------------------------------------------------
 @dataclass
 class Score:
@@ -299,6 +310,8 @@ def evaluate(
     norm = Normalizer(Vocab.load(model_dir).normalizer)
     decoder = CTCDecoder.load(model_dir, lm=lm, workers=config.lm_workers)
     with_lm = use_lm and decoder.has_lm
+    if with_lm:
+        _warn_if_flat(logps.logps)
 
     keep, skipped = [], {"empty reference": 0}
     refs = []

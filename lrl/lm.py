@@ -180,14 +180,14 @@ def _strip_marks(text: str, known: set[str]) -> str:
     return " ".join("".join(out).split())
 
 
-def read_sentences(paths: Sequence[str | Path]) -> list[str]:
+def read_sentences(paths: Sequence[str | Path], dataset_splits: Sequence[str] = ("train",)) -> list[str]:
     """Sentences from text files (one a line), CV TSVs / manifests (their transcript column), or prepared
-    dataset directories (the `text` of all their splits)."""
+    dataset directories (the `text` of `dataset_splits`: train for LM text, dev+test for --exclude)."""
     out: list[str] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            out.extend(_dataset_texts(p, splits=None))
+            out.extend(_dataset_texts(p, splits=dataset_splits))
         else:
             out.extend(read_transcripts(p))
     return out
@@ -317,8 +317,9 @@ def build_lm(
     lmplz = find_kenlm_binary("lmplz")
     build_binary = find_kenlm_binary("build_binary") if config.binary != "none" else None
     lines = read_sentences(text_paths)
-    held = read_sentences(heldout) + heldout_from_vocab_dir(vocab_dir)
-    text = prepare_text(lines, vocab, exclude=read_sentences(exclude), heldout=held, oov=config.oov)
+    held = read_sentences(heldout, ("dev", "test")) + heldout_from_vocab_dir(vocab_dir)
+    excl = read_sentences(exclude, ("dev", "test"))
+    text = prepare_text(lines, vocab, exclude=excl, heldout=held, oov=config.oov)
     logger.info(
         "LM text: %d lines read, %d kept; dropped %d with characters outside the vocabulary, %d empty, "
         "%d for digits, %d excluded (%d kept after stripping marks)", text.read, len(text.sentences), text.oov,

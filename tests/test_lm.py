@@ -285,3 +285,24 @@ def test_fast_path_matches_pyctcdecode_decode_beams(cat_vocab, rng):
         assert [(w.word, (w.start, w.end)) for w in h.words] == frames_ref
         assert h.words == h_cut.words
         assert h.logit_score == pytest.approx(logit_ref, abs=1e-9) and h.lm_score == pytest.approx(lm_ref, abs=1e-9)
+
+
+def test_prepared_dataset_as_lm_text_exclude_and_overlap_check(tmp_path, cat_vocab):
+    """A prepared dataset gives its train text as LM text, its dev/test text to --exclude, and a vocab at
+    DATA/vocab makes the build check DATA's dev/test for overlap on its own."""
+    import datasets
+
+    def split(texts):
+        return datasets.Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": texts})
+
+    data = tmp_path / "data"
+    datasets.DatasetDict({"train": split(["the cat sat", "sat the cat"]), "dev": split(["the bat sat"]),
+                          "test": split(["the cat"])}).save_to_disk(str(data))
+    cat_vocab.save(data / "vocab")
+    extra = tmp_path / "extra.txt"
+    extra.write_text("the bat sat\nthe cat\nthe bat\n", encoding="utf-8")
+    r = build_lm([data, extra], data / "vocab", tmp_path / "lm", LMBuildConfig(order=2))
+    assert r.text.read == 5 and r.text.heldout_overlap == 2  # dev + test transcripts found, not removed
+    r2 = build_lm([data, extra], data / "vocab", tmp_path / "lm2", LMBuildConfig(order=2), exclude=[data])
+    assert r2.text.excluded == 2 and r2.text.heldout_overlap == 0
+    assert sorted(r2.text.sentences) == ["sat the cat", "the bat", "the cat sat"]
