@@ -113,6 +113,7 @@ def main() -> None:
                    "--trial", kind, str(num_proc), "--vocab", str(vocab_dir)]
             res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if res.returncode != 0:
+                shutil.rmtree(vocab_dir, ignore_errors=True)
                 sys.exit(f"{kind} num_proc={num_proc} failed:\n{res.stderr[-3000:]}")
             r = json.loads(res.stdout.strip().splitlines()[-1])
             results[(kind, num_proc)].append(r)
