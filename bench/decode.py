@@ -54,7 +54,7 @@ def synth_logp(text: str, n_frames: int, vocab, rng: np.random.Generator, err: f
         return frame(0, None, rng.uniform(4, 7) if rng.random() < 0.1 else rng.uniform(9, 12))
 
     rows = [blank() for _ in range(lead)]
-    for k, (tok, n) in enumerate(zip(ids, spikes)):
+    for k, (tok, n) in enumerate(zip(ids, spikes, strict=True)):
         wrong = tok != 2 and rng.random() < err
         top = int(rng.choice(chars)) if wrong else tok
         rows += [frame(top, tok if wrong else None, rng.uniform(5, 9)) for _ in range(n)]
@@ -71,16 +71,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="lrl pool size (0 = all cores)")
     args = ap.parse_args()
 
+    import logging
+
     import jiwer
+    from _results import update_section
     from pyctcdecode import build_ctcdecoder
 
-    from _results import update_section
     from lrl.decode import CTCDecoder, DecoderConfig, available_cores
     from lrl.lm import find_lm, labels_for_vocab, read_unigrams
     from lrl.text import Normalizer
     from lrl.vocab import Vocab
-
-    import logging
 
     logging.basicConfig(level=logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="lrl-bench-decode-"))
@@ -115,7 +115,7 @@ def main() -> None:
 
     def run_lrl(cfg: DecoderConfig):
         dec = CTCDecoder.from_vocab(vocab, tmp / "lm", cfg)
-        dec.key  # load the LM outside the timing, as for the baseline
+        _ = dec.key  # load the LM outside the timing, as for the baseline
         t0 = time.perf_counter()
         with dec:  # the pool is started inside the timing and reused for the whole batch
             out = [h.text for h in dec.decode_batch(logps)]
@@ -135,9 +135,9 @@ def main() -> None:
             t, outs[name] = run_lrl(cfg)
             times[name].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {k: statistics.median(b / c for b, c in zip(times["base"], times[k])) for k in variants}
+    ratios = {k: statistics.median(b / c for b, c in zip(times["base"], times[k], strict=True)) for k in variants}
     wer = {k: jiwer.wer(refs, v) for k, v in outs.items()}
-    same = {k: sum(a == b for a, b in zip(outs["base"], outs[k])) for k in variants}
+    same = {k: sum(a == b for a, b in zip(outs["base"], outs[k], strict=True)) for k in variants}
 
     n = len(logps)
     lines = [

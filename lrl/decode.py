@@ -276,7 +276,7 @@ def _fast_decode_logits(self, logits, beam_width, beam_prune_logp, token_min_log
         (
             _normalize_whitespace(text),
             cached_lm_scores[(text, True)][-1] if (text, True) in cached_lm_scores else None,
-            list(zip(text.split(), text_frames)),
+            list(zip(text.split(), text_frames, strict=False)),  # as pyctcdecode
             logit_score,
             combined_score,
         )
@@ -351,9 +351,7 @@ class CTCDecoder:
     def load(cls, model_dir: str | Path, lm: str | Path | None = None, **overrides) -> CTCDecoder:
         """The decoder of a model directory: its vocabulary, `decoder.json` settings and LM (`lm` overrides
         the LM: MODEL/language_model/, else the path recorded in decoder.json, else none)."""
-        from lrl.lm import LM_DIR
-
-        from lrl.lm import find_lm
+        from lrl.lm import LM_DIR, find_lm
 
         model_dir = Path(model_dir)
         vocab = Vocab.load(model_dir)

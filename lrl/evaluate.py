@@ -183,7 +183,10 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: EvalCon
     ds = dd[config.split]
     if config.max_utterances is not None:
         ds = ds.select(range(min(config.max_utterances, len(ds))))
-    key_src = f"{CACHE_VERSION}|{model_fingerprint(model_dir)}|{ds._fingerprint}|{config.split}|{len(ds)}"
+    # the split's fingerprint, plus its Arrow files' sizes and times (a dataset rewritten by other means)
+    files = sorted((Path(f["filename"]).name, Path(f["filename"]).stat().st_size, Path(f["filename"]).stat().st_mtime_ns)
+                   for f in ds.cache_files if Path(f["filename"]).is_file())
+    key_src = f"{CACHE_VERSION}|{model_fingerprint(model_dir)}|{ds._fingerprint}|{files}|{config.split}|{len(ds)}"
     key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     path = data_dir / CACHE_DIR / f"{key}.npz"
     if config.cache and path.is_file():
@@ -282,7 +285,7 @@ class EvalResult:
         rows = [("greedy", self.greedy, self.rtf_greedy)]
         if self.lm is not None:
             rows.append(("LM beam", self.lm, self.rtf_lm))
-        lines = [f"| decoding | WER | CER | sub | del | ins | RTF |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines = ["| decoding | WER | CER | sub | del | ins | RTF |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, s, rtf in rows:
             lines.append(f"| {name} | {s.wer:.2%} | {s.cer:.2%} | {s.substitutions} | {s.deletions} | "
                          f"{s.insertions} | {rtf:.4f} |")
@@ -486,7 +489,7 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
 
 def _step(values: tuple[float, ...]) -> float:
     v = sorted(set(values))
-    return min(b - a for a, b in zip(v, v[1:])) if len(v) > 1 else 1.0
+    return min(b - a for a, b in zip(v, v[1:], strict=False)) if len(v) > 1 else 1.0
 
 
 def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
@@ -500,7 +503,7 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5), squeeze=False)
     vmin = min(p.wer for _, pts in panels for p in pts)
     vmax = max(p.wer for _, pts in panels for p in pts)
-    for ax, (name, pts) in zip(axes[0], panels):
+    for ax, (name, pts) in zip(axes[0], panels, strict=True):
         alphas, betas, m = result.grid(pts)
         im = ax.imshow(m * 100, origin="lower", cmap="viridis_r", aspect="auto", vmin=vmin * 100, vmax=vmax * 100)
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
@@ -662,5 +665,5 @@ def transcribe(model_dir: str | Path, inputs: list[str | Path], config: Transcri
     return [
         Transcript(str(f), h.text, round(len(w) / am.sample_rate, 3),
                    [{"word": x.word, "start": round(x.start * fs, 3), "end": round(x.end * fs, 3)} for x in h.words])
-        for f, w, h in zip(files, waves, hyps)
+        for f, w, h in zip(files, waves, hyps, strict=True)
     ]

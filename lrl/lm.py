@@ -76,7 +76,7 @@ class LMBuildConfig:
                 raise ValueError(f"prune must give at most order={self.order} thresholds, got {self.prune}")
             if self.prune[0] != 0:
                 raise ValueError(f"prune must start with 0 (unigrams cannot be pruned), got {self.prune}")
-            if any(b < a for a, b in zip(self.prune, self.prune[1:])) or min(self.prune) < 0:
+            if any(b < a for a, b in zip(self.prune, self.prune[1:], strict=False)) or min(self.prune) < 0:
                 raise ValueError(f"prune thresholds must be >= 0 and non-decreasing, got {self.prune}")
         if self.binary not in ("probing", "trie", "none"):
             raise ValueError(f"binary must be 'probing', 'trie' or 'none', got {self.binary!r}")

@@ -19,7 +19,6 @@ from lrl.evaluate import (
     plot_heatmap,
     score,
     split_log_probs,
-    tune,
     tune_grid,
 )
 from lrl.vocab import build_vocab
@@ -168,7 +167,7 @@ def test_log_prob_cache_is_keyed_by_model_and_data(tiny_model, tiny_data, cat_vo
     again = split_log_probs(tiny_model, tiny_data, cfg)
     assert not first.cached and again.cached and again.key == first.key
     assert [a.shape for a in again.logps] == [a.shape for a in first.logps]
-    assert all(np.array_equal(a, b) for a, b in zip(first.logps, again.logps))
+    assert all(np.array_equal(a, b) for a, b in zip(first.logps, again.logps, strict=True))
     assert all(np.allclose(np.exp(a).sum(axis=1), 1, atol=1e-4) for a in first.logps)  # log-softmax
     assert len(list((tiny_data / ".lrl-cache" / "logits").glob("*.npz"))) == 1
     other = save_tiny_model(tmp_path / "model2", cat_vocab, seed=1)
