@@ -80,7 +80,8 @@ class DynamicBatchSampler:
     """A batch sampler (for `DataLoader(batch_sampler=...)`) over fixed length-grouped batches.
 
     Batches are packed once (as fairseq's `batch_by_size`), so `len()` is the same every epoch; their
-    order is reshuffled by `set_epoch(epoch)` with the same seed on every rank. With `num_replicas` > 1 the
+    order is reshuffled by `set_epoch(epoch)` with the same seed on every rank, the costliest batches first.
+    With `num_replicas` > 1 the
     batch list is padded (by repeating the first batches) to a multiple of the world size and rank r takes
     batches r, r + world, ..., so all ranks take the same number of steps."""
 
@@ -113,6 +114,11 @@ class DynamicBatchSampler:
         order = np.arange(len(self.batches))
         if self.config.shuffle:
             order = np.random.default_rng((self.config.seed, self.epoch)).permutation(len(self.batches))
+        # the costliest batches first (one per rank), as HF's LengthGroupedSampler does: an out-of-memory
+        # shows at once, and the allocator reserves the largest buffers before smaller ones fragment it
+        cost = np.array([self.durations[b].max() ** 2 * len(b) for b in self.batches])  # ~ attention memory B*T^2
+        top = np.argsort(-cost[order], kind="stable")[: self.num_replicas]
+        order = np.concatenate([order[top], np.delete(order, top)])
         total = self._per_rank * self.num_replicas
         order = np.resize(order, total)  # repeats from the start to fill the last round
         for k in order[self.rank :: self.num_replicas].tolist():

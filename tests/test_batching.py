@@ -67,6 +67,17 @@ def test_ranks_get_equal_disjoint_shares_and_epochs_reshuffle(yo_durations):
     assert [tuple(x) for x in r0] == first  # deterministic per epoch (resume replays the same order)
 
 
+def test_costliest_batch_comes_first_on_every_rank(yo_durations):
+    d = np.asarray(yo_durations)
+    cfg = BatchingConfig(max_seconds=30.0, seed=5)
+    samplers = [DynamicBatchSampler(yo_durations, cfg, num_replicas=2, rank=r) for r in (0, 1)]
+    costs = sorted((d[b].max() ** 2 * len(b) for b in samplers[0].batches), reverse=True)  # ~ B x T^2
+    for s in samplers:
+        s.set_epoch(3)
+        first = next(iter(s))
+        assert d[first].max() ** 2 * len(first) in costs[:2]
+
+
 def test_sampler_feeds_a_dataloader(yo_durations):
     import torch
 
