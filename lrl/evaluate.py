@@ -288,8 +288,8 @@ class EvalResult:
         lines = ["| decoding | WER | CER | sub | del | ins | RTF |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, s, rtf in rows:
             lines.append(f"| {name} | {s.wer:.2%} | {s.cer:.2%} | {s.substitutions} | {s.deletions} | "
-                         f"{s.insertions} | {rtf:.4f} |")
-        lines.append(f"| model forward{' (cached)' if self.cached else ''} | | | | | | {self.rtf_model:.4f} |")
+                         f"{s.insertions} | {rtf:.3g} |")
+        lines.append(f"| model forward{' (cached)' if self.cached else ''} | | | | | | {self.rtf_model:.3g} |")
         return "\n".join(lines)
 
 
@@ -553,6 +553,7 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = No
     vocab = Vocab.load(model_dir)
     norm = Normalizer(vocab.normalizer)
     keep = [i for i, r in enumerate(logps.refs) if norm(r)]
+    _warn_if_flat([logps.logps[i] for i in keep])
     decoder = CTCDecoder.load(model_dir, lm=lm, workers=config.workers)
     lm_source = decoder.lm_path
     result = tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep], config, norm)
