@@ -419,7 +419,7 @@ def lm_build(
         + (f"; {t.stripped} kept after stripping marks" if t.stripped else "")
     )
     if t.oov_chars:
-        typer.echo("characters outside the vocabulary: " + " ".join(f"{char_display(c)}x{n}" for c, n in t.oov_chars.most_common(10)))
+        typer.echo("characters outside the vocabulary: " + " ".join(f"{char_display(c)}:{n}" for c, n in t.oov_chars.most_common(10)))
     if t.heldout_overlap:
         typer.echo(f"WARNING: {t.heldout_overlap} LM sentences are dev/test transcripts: pass them to --exclude")
     counts = " ".join(f"{n}-grams={c}" for n, c in sorted(r.ngram_counts.items()))

@@ -329,7 +329,7 @@ def build_lm(
         logger.warning(
             "%d of %d LM sentences (%.1f%%) hold characters outside the vocabulary and were dropped; most "
             "common: %s%s", text.oov, text.read, 100 * text.oov / max(text.read, 1),
-            " ".join(f"{char_display(c)}x{n}" for c, n in text.oov_chars.most_common(8)),
+            " ".join(f"{char_display(c)}:{n}" for c, n in text.oov_chars.most_common(8)),
             "" if config.oov == "strip-marks" else " (oov='strip-marks' keeps sentences whose only OOV characters are marks)",
         )
     if text.heldout_overlap:
