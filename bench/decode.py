@@ -11,6 +11,7 @@ LM: `lrl lm build ../shared/data/lm-text/yo.txt --vocab V --order 3 --oov strip-
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,6 +167,7 @@ def main() -> None:
     md = "\n".join(lines)
     update_section("decode", md)
     print(md)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
