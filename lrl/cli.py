@@ -491,6 +491,7 @@ def pretrain(
     split: Annotated[list[str], typer.Option(help="Split(s) of a prepared dataset to read (repeatable).")] = ["train"],
     freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the conv front end fixed (faster on CPU).")] = False,
     save_every: Annotated[int, typer.Option(help="Updates between resumable checkpoints (0 = none).", min=0)] = 500,
+    max_minutes: Annotated[float, typer.Option(help="Stop after this many wall-clock minutes (0 = no limit).", min=0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of data order, masks, negatives and Gumbel noise.")] = 0,
     tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard scalars to OUT/runs.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the newest OUT/checkpoint-<step> (schedule included).")] = False,
@@ -504,7 +505,7 @@ def pretrain(
         max_seconds=max_seconds, min_seconds=min_seconds, mask_time_prob=mask_prob, mask_time_length=mask_length,
         num_negatives=negatives, diversity_weight=diversity_weight, gumbel_decay=gumbel_decay,
         gumbel_min_at_step=gumbel_min_at_step, splits=tuple(split), freeze_feature_encoder=freeze_feature_encoder,
-        save_every=save_every, seed=seed, tensorboard=tensorboard,
+        save_every=save_every, seed=seed, tensorboard=tensorboard, max_minutes=max_minutes,
     )
     if not resume and (model is None) == (fresh is None):
         raise typer.BadParameter("give --model CKPT or --fresh tiny-test|tiny-small (or --resume)")

@@ -42,6 +42,8 @@ class PretrainConfig:
     al. 2020, HF's run_wav2vec2_pretraining_no_trainer.py); optimisation defaults suit continued pretraining."""
 
     max_steps: int = 1000  # optimizer updates (each one takes `grad_accum` micro-batches)
+    max_minutes: float = 0.0  # stop after this much wall-clock time, start-up included (0 = no limit);
+    # the LR and Gumbel schedules still span max_steps
     batch_size: int = 8  # crops per micro-batch
     grad_accum: int = 1  # micro-batches whose gradients are summed per update
     learning_rate: float = 5e-5  # peak LR; low because the start is a trained checkpoint (from scratch: ~5e-4)
@@ -80,6 +82,8 @@ class PretrainConfig:
         for name in ("warmup_steps", "save_every", "min_masks", "probe_crops"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.log_every < 1:
@@ -540,7 +544,7 @@ def run_pretraining(
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(ckpt))
         changed = {
             k: (v, getattr(config, k)) for k, v in state["config"].items()
-            if k not in ("max_steps", "save_every", "keep_checkpoints", "log_every", "tensorboard", "probe_crops")
+            if k not in ("max_steps", "max_minutes", "save_every", "keep_checkpoints", "log_every", "tensorboard", "probe_crops")
             and hasattr(config, k) and _jsonable(getattr(config, k)) != v
         }
         if changed:
@@ -661,6 +665,9 @@ def run_pretraining(
                     out, done, net, fe, spec_augment, optimizer, scheduler,
                     _state(done, config, len(crops), spec_augment, probe_before), config.keep_checkpoints,
                 )
+            if config.max_minutes and time.perf_counter() - t0 > 60 * config.max_minutes and done < config.max_steps:
+                logger.info("time budget of %g min reached after %d updates: stopping", config.max_minutes, done)
+                break
     finally:
         log_file.close()
         if tb is not None:
@@ -671,7 +678,7 @@ def run_pretraining(
     head = rows[: min(10, len(rows))]
     tail = rows[-min(10, len(rows)):]
     result = PretrainResult(
-        out=out, start_step=start, steps=max(start, config.max_steps), inputs=stats,
+        out=out, start_step=start, steps=start + len(rows), inputs=stats,
         first_contrastive=float(np.mean([r["contrastive"] for r in head])) if head else float("nan"),
         last_contrastive=float(np.mean([r["contrastive"] for r in tail])) if tail else float("nan"),
         probe_before=probe_before, probe_after=probe_after,

@@ -449,3 +449,12 @@ def test_nonfinite_losses_skip_the_update_then_stop_the_run(fast_run, clips, tmp
     assert all(torch.equal(before[k], after[k]) for k in before)  # no update was applied
     with pytest.raises(LrlError, match="5 updates in a row had a non-finite loss"):
         run_pretraining([clips], tmp_path / "b", replace(cfg, max_steps=8), model=start)
+
+
+def test_time_budget_stops_early_and_still_writes_the_model(clips, tmp_path):
+    cfg = replace(FAST, max_steps=50, save_every=0, probe_crops=0, max_minutes=1e-6)
+    res = run_pretraining([clips], tmp_path / "t", cfg, fresh="tiny-test")
+    assert res.steps == 1  # the budget is spent before the first update ends
+    assert (tmp_path / "t" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="max_minutes"):
+        replace(FAST, max_minutes=-1)
