@@ -120,7 +120,7 @@ class EvalConfig:
 
     eval_steps: int = 200  # evaluate on the dev split every this many updates
     save_steps: int = 0  # checkpoint every this many updates (0 = at each evaluation)
-    save_total_limit: int = 2  # checkpoints kept (the best one is always kept)
+    save_total_limit: int = 2  # checkpoints kept, the best one always among them (0 = keep all)
     early_stopping_patience: int = 0  # stop after this many evaluations without a better WER (0 = off)
     logging_steps: int = 10  # log loss / LR every this many updates
     eval_batch_size: int = 8  # clips per evaluation batch (dev is sorted by length, so little padding)
@@ -132,6 +132,11 @@ class EvalConfig:
         for f in ("save_steps", "save_total_limit", "early_stopping_patience"):
             if getattr(self, f) < 0:
                 raise ValueError(f"eval.{f} must be >= 0, got {getattr(self, f)}")
+        if self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"eval.save_steps ({self.save_steps}) must be 0 or a multiple of eval.eval_steps ({self.eval_steps}) "
+                "so the best checkpoint by WER can be kept"
+            )
 
 
 @dataclass(frozen=True)
@@ -652,11 +657,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     has_eval = eval_ds is not None
     save_steps = cfg.eval.save_steps or cfg.eval.eval_steps
-    if has_eval and save_steps % cfg.eval.eval_steps:
-        raise ValueError(
-            f"eval.save_steps ({save_steps}) must be a multiple of eval.eval_steps ({cfg.eval.eval_steps}) so the "
-            "best checkpoint by WER can be kept"
-        )
     on_cpu = not torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(out),

@@ -129,6 +129,7 @@ def test_toml_and_yaml_configs_with_cli_overrides(tmp_path):
         ({"data.augment": "wild"}, "augment"),
         ({"model.layerdrop": "1.5"}, "layerdrop"),
         ({"eval.eval_steps": "0"}, "eval_steps"),
+        ({"eval.eval_steps": "10", "eval.save_steps": "15"}, "multiple of eval.eval_steps"),
         ({"precision": "fp8"}, "precision"),
     ],
 )
