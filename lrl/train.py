@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
     resume: bool = False  # continue from the last checkpoint in output_dir
     threads: int = 0  # torch CPU threads per process (0 = torch's default; 1 is often faster for tiny models on busy cores)
+    max_minutes: float = 0.0  # wall-clock training budget (0 = none): training stops when it is spent, and the
+    # LR schedule's horizon is re-fitted to the updates that fit, so the LR still decays (cosine/linear)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -176,6 +179,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.model.adapter_lang and not self.freeze.adapters:
@@ -496,9 +501,13 @@ def _make_callbacks(cfg: TrainConfig, out: Path):
         def __init__(self) -> None:
             self.path = out / METRICS_FILE
             self.fields = ["step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss", "eval_wer", "eval_cer",
-                           "eval_blank_rate", "nonfinite_skipped"]
+                           "eval_blank_rate", "nonfinite_skipped", "elapsed_s"]
+            self.t0 = time.perf_counter()
             self.collapsed = 0
             self.done = False  # after training, the final dev/test evaluations go to the card, not the curve
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kwargs):
             self.done = True
@@ -509,6 +518,7 @@ def _make_callbacks(cfg: TrainConfig, out: Path):
             if not any(k in logs for k in self.fields[2:]):
                 return  # e.g. the end-of-training summary
             row = {"step": state.global_step, **{k: logs.get(k, "") for k in self.fields[1:]}}
+            row["elapsed_s"] = round(time.perf_counter() - self.t0, 2)
             if row["epoch"] == "":
                 row["epoch"] = state.epoch
             new = not self.path.exists()
@@ -522,7 +532,42 @@ def _make_callbacks(cfg: TrainConfig, out: Path):
             if metrics and state.is_world_process_zero and "eval_wer" in metrics:
                 self.collapsed += warn_if_collapsed(metrics, state.global_step, cfg)
 
-    return RunLogCallback()
+    callbacks = [RunLogCallback()]
+    if cfg.max_minutes:
+        callbacks.append(TimeBudgetCallback(cfg.max_minutes))
+    return callbacks
+
+
+def TimeBudgetCallback(minutes: float):  # noqa: N802 - a factory standing in for the class
+    """A callback that stops training after `minutes` of wall-clock time and re-fits the LR schedule's
+    horizon (`total` of lrl.schedule's cosine/linear factors) to the updates the budget allows, from the
+    measured time per update, so a budgeted run still warms up, peaks and decays."""
+    from transformers import TrainerCallback
+
+    class _Cb(TrainerCallback):
+        def __init__(self) -> None:
+            self.budget = 60.0 * minutes
+            self.t0 = time.perf_counter()
+            self.step0 = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0 = time.perf_counter(), state.global_step
+
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            elapsed = time.perf_counter() - self.t0
+            done = state.global_step - self.step0
+            if done >= 5 and lr_scheduler is not None:
+                fits = state.global_step + int(max(0.0, self.budget - elapsed) * done / elapsed)
+                for fn in {id(f): f for f in getattr(lr_scheduler, "lr_lambdas", [])}.values():
+                    if hasattr(fn, "total") and hasattr(fn, "warmup"):
+                        fn.total = max(fn.warmup + 1, min(state.max_steps, fits))
+            if elapsed >= self.budget:
+                logger.info("time budget of %g min spent after %d updates: stopping", minutes, state.global_step)
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    return _Cb()
 
 
 # -- running -------------------------------------------------------------------------------------------
@@ -690,7 +735,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         bf16=cfg.precision == "bf16",
         disable_tqdm=False,
     )
-    callbacks = [freeze_cb, _make_callbacks(cfg, out)]
+    callbacks = [freeze_cb, *_make_callbacks(cfg, out)]
     if has_eval and cfg.eval.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience))
     Trainer = _make_trainer_class()

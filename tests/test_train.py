@@ -380,6 +380,25 @@ def test_early_stopping_ends_a_run_that_stops_improving(tiny_data, tiny_ckpt, tm
     assert result.best_checkpoint.endswith("checkpoint-2")
 
 
+def test_time_budget_stops_the_run_and_refits_the_lr_horizon(tiny_data, tiny_ckpt, tmp_path):
+    from lrl.train import train
+
+    cfg = TrainConfig().with_overrides({
+        "output_dir": str(tmp_path / "tb"), "data.path": str(tiny_data), "model.checkpoint": str(tiny_ckpt),
+        "optim.max_steps": 100000, "optim.warmup_steps": 2, "eval.eval_steps": 1000, "batching.max_seconds": 5.0,
+        "data.test_split": "", "max_minutes": 0.15, "eval.logging_steps": 1,
+    })
+    result = train(cfg)
+    assert 5 < result.global_step < 100000
+    rows = _read_rows(tmp_path / "tb" / "metrics.csv")
+    lrs = [float(r["learning_rate"]) for r in rows if r["learning_rate"]]
+    assert lrs[-1] < 0.5 * max(lrs)  # the cosine decayed within the budget instead of staying near its peak
+    elapsed = [float(r["elapsed_s"]) for r in rows if r["elapsed_s"]]
+    assert elapsed == sorted(elapsed) and elapsed[-1] <= 0.15 * 60 + 5
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=-1)
+
+
 def _read_rows(path: Path) -> list[dict]:
     return list(csv.DictReader(path.open())) if path.exists() else []
 
