@@ -13,7 +13,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -116,16 +116,16 @@ class RareOpt(str, Enum):
 def vocab_build(
     transcripts: Annotated[list[Path], typer.Argument(help="Training transcripts: CV TSV, TSV/CSV/JSONL manifest or text file.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for tokenizer, normaliser and report.")],
-    text_column: Annotated[Optional[str], typer.Option(help="Transcript column of a manifest (default: sentence, text, ...).")] = None,
-    language: Annotated[Optional[str], typer.Option(help="ISO 639 code; 'tr'/'az' lowercase I to dotless ı.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Transcript column of a manifest (default: sentence, text, ...).")] = None,
+    language: Annotated[str | None, typer.Option(help="ISO 639 code; 'tr'/'az' lowercase I to dotless ı.")] = None,
     unicode_form: Annotated[UnicodeFormOpt, typer.Option(help="Unicode normal form of model text.")] = UnicodeFormOpt.NFC,
     lowercase: Annotated[bool, typer.Option(help="Lowercase the text.")] = True,
     keep: Annotated[str, typer.Option(help="Punctuation characters kept as letters (apostrophe look-alikes fold to ').")] = "'",
     digits: Annotated[DigitsOpt, typer.Option(help="Sentences with digits: keep, drop the sentence, or error.")] = DigitsOpt.keep,
     min_count: Annotated[int, typer.Option(help="Characters seen fewer times are rare.", min=1)] = 1,
     rare: Annotated[RareOpt, typer.Option(help="Rare characters: keep as tokens, or exclude (become [UNK] / dropped by data).")] = RareOpt.exclude,
-    script: Annotated[Optional[str], typer.Option(help="Expected script, e.g. Latin (default: that of most letters).")] = None,
-    alphabet: Annotated[Optional[Path], typer.Option(help="Curated alphabet file: characters (whitespace-separated or one per line).", exists=True, dir_okay=False)] = None,
+    script: Annotated[str | None, typer.Option(help="Expected script, e.g. Latin (default: that of most letters).")] = None,
+    alphabet: Annotated[Path | None, typer.Option(help="Curated alphabet file: characters (whitespace-separated or one per line).", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Build a character vocabulary from TRAINING transcripts only (never dev/test)."""
     from lrl.io import read_text_lines
@@ -160,7 +160,7 @@ def vocab_build(
 def vocab_audit(
     vocab_dir: Annotated[Path, typer.Argument(help="A directory written by `lrl vocab build`.", exists=True, file_okay=False)],
     texts: Annotated[list[Path], typer.Argument(help="Text to check: dev/test TSVs, an LM corpus...", exists=True, dir_okay=False)],
-    text_column: Annotated[Optional[str], typer.Option(help="Transcript column of a manifest.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Transcript column of a manifest.")] = None,
 ) -> None:
     """Coverage of a vocabulary over other text: OOV character rate, which characters, examples."""
     from lrl.vocab import Vocab, audit, format_audit, read_transcripts
@@ -183,7 +183,7 @@ class OovOpt(str, Enum):
 def data_prepare(
     src: Annotated[Path, typer.Argument(help="A Common Voice folder, a TSV/CSV/JSONL manifest (paths relative to it), or a folder of audio + same-named .txt.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory (DatasetDict + vocab/ + skipped.tsv + summary.json).")],
-    vocab: Annotated[Optional[Path], typer.Option("--vocab", help="Use this vocabulary (from `lrl vocab build`) instead of building one from train.", exists=True, file_okay=False)] = None,
+    vocab: Annotated[Path | None, typer.Option("--vocab", help="Use this vocabulary (from `lrl vocab build`) instead of building one from train.", exists=True, file_okay=False)] = None,
     splits: Annotated[str, typer.Option(help="Comma-separated splits to prepare.")] = "train,dev,test",
     train_from_validated: Annotated[bool, typer.Option(help="CV: train = validated.tsv minus dev/test clips and sentences.")] = False,
     min_duration: Annotated[float, typer.Option(help="Shortest clip kept, seconds.")] = 1.0,
@@ -191,15 +191,15 @@ def data_prepare(
     max_chars_per_second: Annotated[float, typer.Option(help="Skip transcripts longer than this per second of audio (CTC needs frames >= labels).")] = 25.0,
     oov: Annotated[OovOpt, typer.Option(help="Transcripts with characters outside the vocabulary: drop the row, or keep it ([UNK]).")] = OovOpt.drop,
     check_votes: Annotated[bool, typer.Option(help="CV: skip rows with down_votes >= up_votes.")] = True,
-    text_column: Annotated[Optional[str], typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = None,
-    audio_column: Annotated[Optional[str], typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = None,
+    audio_column: Annotated[str | None, typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = None,
     num_proc: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
-    language: Annotated[Optional[str], typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = None,
-    licence: Annotated[Optional[str], typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = None,
+    language: Annotated[str | None, typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = None,
+    licence: Annotated[str | None, typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared from other inputs.")] = False,
     card: Annotated[bool, typer.Option(help="Write a data card at the end.")] = True,
     card_dir: Annotated[Path, typer.Option(help="Where the data card goes (<name>.md + PNGs).")] = Path("data_cards"),
-    name: Annotated[Optional[str], typer.Option(help="Card name (default: the source folder's name).")] = None,
+    name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
     from lrl.data import PrepareConfig, format_summary, prepare
@@ -228,9 +228,9 @@ def data_prepare(
 def data_card(
     dataset: Annotated[Path, typer.Argument(help="A directory written by `lrl data prepare`.", exists=True, file_okay=False)],
     card_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <name>.md and its PNGs.")] = Path("data_cards"),
-    name: Annotated[Optional[str], typer.Option(help="Card name (default: the source folder's name).")] = None,
-    language: Annotated[Optional[str], typer.Option(help="ISO 639 code (default: from the prepare config).")] = None,
-    licence: Annotated[Optional[str], typer.Option("--licence", "--license", help="Licence id (default: from the prepare config).")] = None,
+    name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
+    language: Annotated[str | None, typer.Option(help="ISO 639 code (default: from the prepare config).")] = None,
+    licence: Annotated[str | None, typer.Option("--licence", "--license", help="Licence id (default: from the prepare config).")] = None,
 ) -> None:
     """Write a Hugging Face dataset card (hours, speakers, histograms, characters, skips) for a prepared dataset."""
     from lrl.card import write_card
@@ -258,11 +258,11 @@ def augment_preview(
     audio: Annotated[Path, typer.Argument(help="An audio file (any format ffmpeg reads).", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the WAVs and PNGs.")],
     preset: Annotated[WavePresetOpt, typer.Option(help="Waveform augmentation preset.")] = WavePresetOpt.strong,
-    config: Annotated[Optional[Path], typer.Option(help="A TOML run config: its [augment] table replaces --preset.", exists=True, dir_okay=False)] = None,
+    config: Annotated[Path | None, typer.Option(help="A TOML run config: its [augment] table replaces --preset.", exists=True, dir_okay=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Number of augmented versions.", min=1, max=50)] = 4,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same outputs).", min=0)] = 0,
     specaugment: Annotated[SpecPresetOpt, typer.Option(help="SpecAugment preset drawn over the model's frames.")] = SpecPresetOpt.low_resource,
-    model: Annotated[Optional[Path], typer.Option(help="Model dir whose config.json gives frames and hidden size (default: wav2vec 2.0 layout).", exists=True, file_okay=False)] = None,
+    model: Annotated[Path | None, typer.Option(help="Model dir whose config.json gives frames and hidden size (default: wav2vec 2.0 layout).", exists=True, file_okay=False)] = None,
 ) -> None:
     """Write DIR/<stem>_aug<i>.wav and .png (waveform + log-mel before/after) and DIR/<stem>_specaugment.png."""
     from lrl.augment import SpecAugmentConfig, WaveAugmentConfig, preview
@@ -305,18 +305,18 @@ class TinySizeOpt(str, Enum):
 @train_app.command("run")
 @_user_errors
 def train_run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config: TOML or YAML with [data] [model] [optim] [freeze] [batching] [eval] tables.", exists=True, dir_okay=False)] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Prepared dataset directory (`lrl data prepare`). Sets data.path.")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option(help="Starting checkpoint: hub id or local dir (pretraining, bare or CTC Wav2Vec2). Sets model.checkpoint.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory. Sets output_dir.")] = None,
-    init_head_from: Annotated[Optional[str], typer.Option(help="A fine-tuned CTC model dir: copy its head rows for shared characters.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config: TOML or YAML with [data] [model] [optim] [freeze] [batching] [eval] tables.", exists=True, dir_okay=False)] = None,
+    data: Annotated[Path | None, typer.Option(help="Prepared dataset directory (`lrl data prepare`). Sets data.path.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="Starting checkpoint: hub id or local dir (pretraining, bare or CTC Wav2Vec2). Sets model.checkpoint.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory. Sets output_dir.")] = None,
+    init_head_from: Annotated[str | None, typer.Option(help="A fine-tuned CTC model dir: copy its head rows for shared characters.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = False,
-    adapter_lang: Annotated[Optional[str], typer.Option(help="MMS adapter mode: train adapters + head only, save adapter.<lang>.safetensors.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer updates. Sets optim.max_steps.", min=1)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate of the top layer. Sets optim.lr.")] = None,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Seconds of padded audio per batch. Sets batching.max_seconds.")] = None,
+    adapter_lang: Annotated[str | None, typer.Option(help="MMS adapter mode: train adapters + head only, save adapter.<lang>.safetensors.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer updates. Sets optim.max_steps.", min=1)] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate of the top layer. Sets optim.lr.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Seconds of padded audio per batch. Sets batching.max_seconds.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the output directory.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set optim.layer_decay=0.8 (repeatable).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set optim.layer_decay=0.8 (repeatable).")] = None,
 ) -> None:
     """Fine-tune a Wav2Vec2 checkpoint with CTC (multi-process: torchrun --nproc_per_node=N -m lrl train run ...)."""
     from lrl.train import load_config, parse_overrides, train
@@ -359,7 +359,7 @@ def train_find_batch(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint to size batches for (hub id or local dir).")],
     vocab_size: Annotated[int, typer.Option(help="Outputs of the CTC head.", min=2)] = 64,
     memory_fraction: Annotated[float, typer.Option(help="Share of the available memory to plan for.", min=0.01, max=1.0)] = 0.5,
-    budget_mib: Annotated[Optional[int], typer.Option(help="Plan for this many MiB instead of a share of the available memory.", min=1)] = None,
+    budget_mib: Annotated[int | None, typer.Option(help="Plan for this many MiB instead of a share of the available memory.", min=1)] = None,
     clip_seconds: Annotated[float, typer.Option(help="Clip length measured (use your longest clips: attention grows with length).", min=0.5)] = 4.0,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights.")] = False,
 ) -> None:
@@ -394,11 +394,11 @@ def lm_build(
     vocab: Annotated[Path, typer.Option("--vocab", help="The model's vocabulary dir (`lrl vocab build`, DATA/vocab or a model dir): its normaliser and characters.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dir: language_model/ (lm.bin, unigrams.txt, attrs.json), alphabet.json, lm_build.json.")],
     order: Annotated[int, typer.Option("--order", "-n", help="N-gram order (2..6).")] = 3,
-    exclude: Annotated[Optional[list[Path]], typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
-    heldout: Annotated[Optional[list[Path]], typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
+    exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
+    heldout: Annotated[list[Path] | None, typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
     oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: drop, or strip-marks (remove unknown combining marks, then drop).")] = LMOOVOpt.drop,
     memory: Annotated[str, typer.Option("--memory", "-S", help="lmplz -S sorting memory: a percentage of RAM or a size (2G).")] = "10%",
-    prune: Annotated[Optional[str], typer.Option(help="lmplz --prune thresholds per order, comma-separated, e.g. 0,0,1.")] = None,
+    prune: Annotated[str | None, typer.Option(help="lmplz --prune thresholds per order, comma-separated, e.g. 0,0,1.")] = None,
     discount_fallback: Annotated[bool, typer.Option(help="lmplz --discount_fallback (needed for small corpora).")] = True,
     binary: Annotated[LMBinaryOpt, typer.Option(help="build_binary structure (none: keep the ARPA as the model).")] = LMBinaryOpt.probing,
     keep_arpa: Annotated[bool, typer.Option(help="Keep OUT/lm.arpa beside the binary.")] = True,
@@ -438,7 +438,7 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 def lm_tune(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
-    lm: Annotated[Optional[Path], typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
+    lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
     split: Annotated[str, typer.Option(help="Split to tune on (never test).")] = "dev",
     alphas: Annotated[str, typer.Option(help="Coarse grid of alpha (LM weight), comma-separated.")] = "0,0.5,1,1.5,2,2.5",
     betas: Annotated[str, typer.Option(help="Coarse grid of beta (word insertion bonus), comma-separated.")] = "-2,-1,0,1,2,3",
@@ -473,8 +473,8 @@ class FreshOpt(str, Enum):
 def pretrain(
     audio: Annotated[list[Path], typer.Argument(help="Audio files, folders of audio (searched recursively) or prepared datasets (labels ignored).", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: the model, checkpoint-<step>/, pretrain_log.csv.")],
-    model: Annotated[Optional[str], typer.Option(help="Checkpoint to continue: hub id or local directory (safetensors).")] = None,
-    fresh: Annotated[Optional[FreshOpt], typer.Option(help="Start from a fresh random tiny model instead of --model.")] = None,
+    model: Annotated[str | None, typer.Option(help="Checkpoint to continue: hub id or local directory (safetensors).")] = None,
+    fresh: Annotated[FreshOpt | None, typer.Option(help="Start from a fresh random tiny model instead of --model.")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer updates in total.", min=1)] = 1000,
     batch_size: Annotated[int, typer.Option(help="Crops per micro-batch.", min=1)] = 8,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per update.", min=1)] = 1,
@@ -487,8 +487,8 @@ def pretrain(
     negatives: Annotated[int, typer.Option(help="Distractors per masked frame.", min=1)] = 100,
     diversity_weight: Annotated[float, typer.Option(help="Weight of the codebook diversity loss.")] = 0.1,
     gumbel_decay: Annotated[float, typer.Option(help="Per-update Gumbel temperature factor (2.0 -> 0.5).")] = 0.999995,
-    gumbel_min_at_step: Annotated[Optional[int], typer.Option(help="Reach the minimum temperature at this update (overrides --gumbel-decay).")] = None,
-    split: Annotated[list[str], typer.Option(help="Split(s) of a prepared dataset to read (repeatable).")] = ["train"],
+    gumbel_min_at_step: Annotated[int | None, typer.Option(help="Reach the minimum temperature at this update (overrides --gumbel-decay).")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="Split(s) of a prepared dataset to read (repeatable; default: train).")] = None,
     freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the conv front end fixed (faster on CPU).")] = False,
     save_every: Annotated[int, typer.Option(help="Updates between resumable checkpoints (0 = none).", min=0)] = 500,
     max_minutes: Annotated[float, typer.Option(help="Stop after this many wall-clock minutes (0 = no limit).", min=0)] = 0.0,
@@ -504,7 +504,7 @@ def pretrain(
         max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup,
         max_seconds=max_seconds, min_seconds=min_seconds, mask_time_prob=mask_prob, mask_time_length=mask_length,
         num_negatives=negatives, diversity_weight=diversity_weight, gumbel_decay=gumbel_decay,
-        gumbel_min_at_step=gumbel_min_at_step, splits=tuple(split), freeze_feature_encoder=freeze_feature_encoder,
+        gumbel_min_at_step=gumbel_min_at_step, splits=tuple(split or ["train"]), freeze_feature_encoder=freeze_feature_encoder,
         save_every=save_every, seed=seed, tensorboard=tensorboard, max_minutes=max_minutes,
     )
     if not resume and (model is None) == (fresh is None):
@@ -533,16 +533,17 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
-    lm: Annotated[Optional[Path], typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model if tuned/installed).", exists=True)] = None,
+    lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model if tuned/installed).", exists=True)] = None,
     no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output dir for utterances.tsv and summary.json (default MODEL/eval-SPLIT).")] = None,
-    max_utterances: Annotated[Optional[int], typer.Option(help="Only the first N utterances.", min=1)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir for utterances.tsv and summary.json (default MODEL/eval-SPLIT).")] = None,
+    max_utterances: Annotated[int | None, typer.Option(help="Only the first N utterances.", min=1)] = None,
     batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = 60.0,
     cache: Annotated[bool, typer.Option(help="Reuse/keep log-probs in DATA/.lrl-cache/logits.")] = True,
     workers: Annotated[int, typer.Option(help="LM decoding processes (0 = all cores).", min=0)] = 0,
 ) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM."""
-    from lrl.evaluate import EvalConfig, evaluate as run_evaluate
+    from lrl.evaluate import EvalConfig
+    from lrl.evaluate import evaluate as run_evaluate
 
     cfg = EvalConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers)
     r = run_evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
@@ -560,7 +561,7 @@ def evaluate(
 def transcribe(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).", exists=True)],
-    lm: Annotated[Optional[Path], typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
+    lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
     no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file, with word timestamps.")] = False,
     chunk_seconds: Annotated[float, typer.Option(help="Long audio is decoded in chunks of this many seconds.")] = 20.0,
@@ -569,7 +570,8 @@ def transcribe(
     """Transcribe audio files or folders."""
     import json
 
-    from lrl.evaluate import TranscribeConfig, transcribe as run_transcribe
+    from lrl.evaluate import TranscribeConfig
+    from lrl.evaluate import transcribe as run_transcribe
 
     cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm)
     for t in run_transcribe(model, audio, cfg, lm=lm):
@@ -580,7 +582,7 @@ def transcribe(
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
-    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 700,
+    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 1500,
     train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 8.0,
     pretrain_steps: Annotated[int, typer.Option(help="Self-supervised warm-up updates before fine-tuning (0 = skip).", min=0)] = 60,
     n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,

@@ -49,7 +49,7 @@ def run_checks() -> list[Check]:
     try:
         import torch
 
-        dev = "cuda x%d" % torch.cuda.device_count() if torch.cuda.is_available() else "cpu only"
+        dev = f"cuda x{torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu only"
         checks.append(Check("accelerator", True, f"{dev}, {torch.get_num_threads()} threads", required=False))
     except Exception:  # noqa: BLE001
         pass

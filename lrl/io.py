@@ -94,7 +94,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
             fields = fields + [""] * (len(header) - len(fields))
         if len(fields) > len(header):
             raise LrlError(f"{path}:{i}: {len(fields)} fields, but the header has {len(header)}")
-        rows.append(dict(zip(header, fields)))
+        rows.append(dict(zip(header, fields, strict=True)))
     return header or [], rows
 
 

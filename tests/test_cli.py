@@ -41,8 +41,9 @@ def test_doctor_names_the_fix_when_lmplz_is_missing(monkeypatch, cli):
 
 
 def test_app_is_the_console_script():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["scripts"]["lrl"] == "lrl.cli:app"

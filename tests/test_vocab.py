@@ -103,7 +103,7 @@ def test_empty_file(tmp_path):
 
 def test_non_utf8(tmp_path):
     p = tmp_path / "x.txt"
-    p.write_bytes("ok line\n".encode() + "caf\xe9\n".encode("latin-1"))
+    p.write_bytes(b"ok line\n" + "caf\xe9\n".encode("latin-1"))
     with pytest.raises(LrlError, match="not UTF-8.*line 2.*iconv"):
         read_transcripts(p)
 
