@@ -488,7 +488,7 @@ def pretrain(
     diversity_weight: Annotated[float, typer.Option(help="Weight of the codebook diversity loss.")] = 0.1,
     gumbel_decay: Annotated[float, typer.Option(help="Per-update Gumbel temperature factor (2.0 -> 0.5).")] = 0.999995,
     gumbel_min_at_step: Annotated[int | None, typer.Option(help="Reach the minimum temperature at this update (overrides --gumbel-decay).")] = None,
-    split: Annotated[list[str] | None, typer.Option(help="Split(s) of a prepared dataset to read (repeatable; default: train).")] = None,
+    split: Annotated[list[str], typer.Option(help="Split(s) of a prepared dataset to read (repeatable).")] = ["train"],  # noqa: B006 - typer copies it
     freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the conv front end fixed (faster on CPU).")] = False,
     save_every: Annotated[int, typer.Option(help="Updates between resumable checkpoints (0 = none).", min=0)] = 500,
     max_minutes: Annotated[float, typer.Option(help="Stop after this many wall-clock minutes (0 = no limit).", min=0)] = 0.0,
@@ -504,7 +504,7 @@ def pretrain(
         max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup,
         max_seconds=max_seconds, min_seconds=min_seconds, mask_time_prob=mask_prob, mask_time_length=mask_length,
         num_negatives=negatives, diversity_weight=diversity_weight, gumbel_decay=gumbel_decay,
-        gumbel_min_at_step=gumbel_min_at_step, splits=tuple(split or ["train"]), freeze_feature_encoder=freeze_feature_encoder,
+        gumbel_min_at_step=gumbel_min_at_step, splits=tuple(split), freeze_feature_encoder=freeze_feature_encoder,
         save_every=save_every, seed=seed, tensorboard=tensorboard, max_minutes=max_minutes,
     )
     if not resume and (model is None) == (fresh is None):
