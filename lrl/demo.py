@@ -52,7 +52,7 @@ class DemoResult:
 
 def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = print) -> DemoResult:
     """Run every stage; `say` receives one line per stage start/end (the CLI passes typer.echo)."""
-    from lrl import augment, data, evaluate, lm, pretrain, synth, train
+    from lrl import augment, card, data, evaluate, lm, pretrain, synth, train
 
     config = config or DemoConfig()
     out = Path(config.out)
@@ -89,6 +89,8 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
             corpus, data_dir, data.PrepareConfig(language="sw", licence="cc0-1.0", num_proc=2),
         )
         res.artefacts["dataset (datasets, 16 kHz) + vocab"] = str(data_dir)
+        card.write_card(data_dir, out / "data_cards", name="sw-synth", language="sw", licence="cc0-1.0")
+        res.artefacts["data card"] = str(out / "data_cards" / "sw-synth.md")
         say("      " + "; ".join(data.format_summary(summary)[:3]))
 
     with stage("augment"):
