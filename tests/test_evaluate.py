@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ctc_helpers import make_logp
 
 from lrl.decode import CTCDecoder, DecoderConfig
 from lrl.evaluate import (
@@ -30,23 +31,6 @@ SENTENCES = ["the cat sat", "the bat sat", "sat the cat"]
 @pytest.fixture
 def cat_vocab():
     return build_vocab(SENTENCES).vocab
-
-
-def make_logp(vocab, text, confusions=None, peak=0.95):
-    ids = vocab.token_to_id
-    confusions = confusions or {}
-
-    def row(p):
-        r = np.full(len(vocab), 1e-4)
-        for k, v in p.items():
-            r[k] = v
-        return np.log(r / r.sum())
-
-    rows = []
-    for pos, ch in enumerate(text):
-        tok = ids["|"] if ch == " " else ids[ch]
-        rows += [row(confusions.get(pos, {tok: peak}))] * 2 + [row({0: 0.99})]
-    return np.stack(rows).astype(np.float32)
 
 
 def save_tiny_model(directory: Path, vocab, seed: int = 0) -> Path:

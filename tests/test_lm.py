@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ctc_helpers import make_logp
 
 from lrl.decode import CTCDecoder, DecoderConfig, compress_blank_frames, greedy_decode, log_softmax
 from lrl.io import LrlError
@@ -20,25 +21,6 @@ TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"  # the cat sat / the ba
 @pytest.fixture
 def cat_vocab():
     return build_vocab(["the cat sat", "the bat sat"]).vocab
-
-
-def make_logp(vocab, text, confusions=None, peak=0.95, frames_per_char=2, floor=1e-4):
-    """Peaky CTC log-probs for `text`: each character `frames_per_char` frames, then a blank frame.
-    `confusions[pos]` = {token: prob} replaces the distribution of character `pos`."""
-    ids = vocab.token_to_id
-    confusions = confusions or {}
-
-    def row(p):
-        r = np.full(len(vocab), floor)
-        for k, v in p.items():
-            r[k] = v
-        return np.log(r / r.sum())
-
-    rows = []
-    for pos, ch in enumerate(text):
-        tok = ids["|"] if ch == " " else ids[ch]
-        rows += [row(confusions.get(pos, {tok: peak}))] * frames_per_char + [row({0: 0.99})]
-    return np.stack(rows).astype(np.float32)
 
 
 # -- config validation ------------------------------------------------------------------------------
