@@ -26,6 +26,7 @@ UNK = "[UNK]"
 WORD_DELIMITER = "|"
 SPECIAL_TOKENS = (PAD, UNK, WORD_DELIMITER)
 VOCAB_FILE = "vocab.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 REPORT_FILE = "vocab_report.md"
 COUNTS_FILE = "char_counts.tsv"
 
@@ -109,15 +110,32 @@ class Vocab:
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Write vocab.json, the HF tokenizer files and normalizer.json into `directory`."""
+        """Write vocab.json, tokenizer_config.json (the `Wav2Vec2CTCTokenizer` files) and normalizer.json
+        into `directory`. Written directly, without importing transformers; `AutoTokenizer` loads them."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / VOCAB_FILE, json.dumps(self.token_to_id, ensure_ascii=False, indent=1) + "\n")
-        self.to_tokenizer().save_pretrained(str(directory))
-        # save_pretrained rewrites vocab.json in its own format; keep ours (same content, stable bytes).
-        atomic_write_text(directory / VOCAB_FILE, json.dumps(self.token_to_id, ensure_ascii=False, indent=1) + "\n")
+        atomic_write_text(
+            directory / TOKENIZER_CONFIG_FILE,
+            json.dumps(self.tokenizer_config(), ensure_ascii=False, indent=2, sort_keys=True) + "\n",
+        )
         self.normalizer.save(directory)
         return directory
+
+    def tokenizer_config(self) -> dict:
+        """What `Wav2Vec2CTCTokenizer.save_pretrained` writes for these tokens (transformers 4.x and 5.x)."""
+
+        def added(token: str, special: bool) -> dict:
+            strip = token in (PAD, UNK)
+            return {"content": token, "lstrip": strip, "normalized": False, "rstrip": strip,
+                    "single_word": False, "special": special}
+
+        return {
+            "added_tokens_decoder": {"0": added(PAD, False), "1": added(UNK, False), "2": added(WORD_DELIMITER, True)},
+            "bos_token": None, "eos_token": None, "do_lower_case": False, "pad_token": PAD, "unk_token": UNK,
+            "word_delimiter_token": WORD_DELIMITER, "replace_word_delimiter_char": " ", "target_lang": None,
+            "tokenizer_class": "Wav2Vec2CTCTokenizer",
+        }
 
     @classmethod
     def load(cls, directory: str | Path) -> Vocab:

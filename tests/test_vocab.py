@@ -154,3 +154,29 @@ def test_yoruba_nfd_transcripts_give_byte_identical_vocab(yo_cv, tmp_path, cli):
     cli("vocab", "build", nfd, "--out", tmp_path / "b")
     for f in VOCAB_FILES:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_saved_tokenizer_files_load_as_the_hf_tokenizer_would_write_them(tmp_path):
+    from transformers import AutoTokenizer
+
+    v = build_vocab(["ọmọ ìlú", "carry aa"]).vocab
+    v.save(tmp_path / "ours")
+    v.to_tokenizer().save_pretrained(tmp_path / "hf")
+    ours, hf = AutoTokenizer.from_pretrained(tmp_path / "ours"), AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert type(ours) is type(hf) and ours.get_vocab() == hf.get_vocab()
+    for name in ("pad_token_id", "unk_token_id", "word_delimiter_token_id", "bos_token", "eos_token", "do_lower_case"):
+        assert getattr(ours, name) == getattr(hf, name), name
+    text = "ọmọ carry aa"
+    assert ours(text).input_ids == hf(text).input_ids == v.encode(text)
+    assert ours.decode(v.encode(text), group_tokens=False) == text
+    assert ours.batch_decode([[5, 5, 0, 5]]) == hf.batch_decode([[5, 5, 0, 5]])
+
+
+def test_vocab_build_does_not_import_transformers(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from lrl.vocab import build_vocab; build_vocab(['ab c']).vocab.save(sys.argv[1]); "
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
