@@ -70,9 +70,12 @@ HF_DEFAULTS = [  # run_speech_recognition_ctc.py + its README's recipe, mapped o
 ]
 
 
-def evaluate_arm(model: Path, data: Path, lm: Path, logdir: Path) -> dict:
-    run([*LRL, "lm", "tune", model, data, "--lm", lm, "--split", "dev", "--alphas", "0,0.5,1,1.5,2",
-         "--betas", "-1,0,1,2,3", "--beam-widths", "32,64"], logdir / "tune.log")
+GRID = ["--alphas", "0,0.5,1,1.5,2", "--betas", "-1,0,1,2,3", "--beam-widths", "32,64"]
+SMOKE_GRID = ["--alphas", "0.5,1.5", "--betas", "0,2", "--no-refine", "--grid-beam", "8", "--beam-widths", "8"]
+
+
+def evaluate_arm(model: Path, data: Path, lm: Path, logdir: Path, grid: list[str]) -> dict:
+    run([*LRL, "lm", "tune", model, data, "--lm", lm, "--split", "dev", *grid], logdir / "tune.log")
     run([*LRL, "evaluate", model, data, "--split", "test"], logdir / "evaluate.log")
     return json.loads((model / "eval-test" / "summary.json").read_text())
 
@@ -102,6 +105,7 @@ def main() -> None:
     starts: dict[str, tuple[str, list[str]]] = {}
     notes: list[str] = []
     budget = args.minutes
+    grid = SMOKE_GRID if args.smoke else GRID
 
     if "a" in args.arms:
         d = WORK / "a"
@@ -109,7 +113,8 @@ def main() -> None:
         run([*LRL, "train", "init-tiny", d / "init", "--size", "small"], d / "init.log")
         wall["a"] = run(train_cmd(data, str(d / "init"), d / "model", budget, SCRATCH_RECIPE), d / "train.log")
         starts["a"] = (str(d / "init"), SCRATCH_RECIPE)
-        results["a"] = evaluate_arm(d / "model", data, lm, d)
+        results["a"] = evaluate_arm(d / "model", data, lm, d, grid)
+        write_table(results, wall, notes, args)  # partial results land even if a later arm fails
 
     if "b" in args.arms:
         d = WORK / "b"
@@ -122,7 +127,8 @@ def main() -> None:
         t_ft = run(train_cmd(data, str(d / "ssl"), d / "model", max(0.5, budget - t_pre / 60), SCRATCH_RECIPE), d / "train.log")
         wall["b"] = t_pre + t_ft
         starts["b"] = (str(d / "ssl"), SCRATCH_RECIPE)
-        results["b"] = evaluate_arm(d / "model", data, lm, d)
+        results["b"] = evaluate_arm(d / "model", data, lm, d, grid)
+        write_table(results, wall, notes, args)  # partial results land even if a later arm fails
         notes.append(f"b: pretraining took {t_pre / 60:.1f} of its {budget:.0f} minutes")
 
     if "c" in args.arms:
@@ -146,12 +152,13 @@ def main() -> None:
         xl_recipe = [*FINETUNE_RECIPE, "--init-head-from", str(d / "xl")]
         wall["c"] = run(train_cmd(data, str(d / "xl"), d / "model", budget, xl_recipe), d / "train.log")
         starts["c"] = (str(d / "xl"), xl_recipe)
-        results["c"] = evaluate_arm(d / "model", data, lm, d)
+        results["c"] = evaluate_arm(d / "model", data, lm, d, grid)
+        write_table(results, wall, notes, args)  # partial results land even if a later arm fails
 
     if starts and ("d" in args.arms or "e" in args.arms):
-        best = min(starts, key=lambda k: results[k]["greedy"]["cer"])
+        best = min(starts, key=lambda k: last_dev_cer(WORK / k / "model"))  # chosen on dev, never on test
         start, recipe = starts[best]
-        notes.append(f"d/e start from arm {best}'s starting checkpoint (lowest greedy test CER of the starts)")
+        notes.append(f"d/e start from arm {best}'s starting checkpoint (lowest final dev CER of the starts)")
         head = ["--init-head-from", recipe[recipe.index("--init-head-from") + 1]] if "--init-head-from" in recipe else []
         for arm, extra in (("d", [*recipe, *SCHEDULE_EXTRAS]), ("e", [*HF_DEFAULTS, *head])):
             if arm not in args.arms:
@@ -159,9 +166,13 @@ def main() -> None:
             d = WORK / arm
             d.mkdir(exist_ok=True)
             wall[arm] = run(train_cmd(data, start, d / "model", budget, extra), d / "train.log")
-            results[arm] = evaluate_arm(d / "model", data, lm, d)
+            results[arm] = evaluate_arm(d / "model", data, lm, d, grid)
+            write_table(results, wall, notes, args)  # partial results land even if a later arm fails
 
-    write_table(results, wall, notes, args)
+
+def last_dev_cer(model: Path) -> float:
+    rows = [r for r in csv.DictReader((model / "metrics.csv").open()) if r.get("eval_cer")]
+    return float(rows[-1]["eval_cer"]) if rows else 1.0
 
 
 ARM_NAMES = {
