@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,21 +61,14 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
     res = DemoResult(out=out)
     stages = ["corpus", "data", "augment", "pretrain", "train", "lm", "tune", "evaluate"]
 
+    @contextmanager
     def stage(name: str):
         i = stages.index(name) + 1
-
-        class _Stage:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-                say(f"[{i}/{len(stages)}] {name} ...")
-
-            def __exit__(self, *exc):
-                dt = time.perf_counter() - self.t0
-                res.stage_seconds[name] = dt
-                if exc[0] is None:
-                    say(f"[{i}/{len(stages)}] {name} done in {dt:.0f} s")
-
-        return _Stage()
+        say(f"[{i}/{len(stages)}] {name} ...")
+        t0 = time.perf_counter()
+        yield
+        res.stage_seconds[name] = time.perf_counter() - t0
+        say(f"[{i}/{len(stages)}] {name} done in {res.stage_seconds[name]:.0f} s")
 
     corpus, data_dir = out / "corpus", out / "data"
     ssl_dir, model_dir, lm_dir = out / "pretrained", out / "model", out / "lm"
