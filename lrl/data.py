@@ -435,7 +435,12 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     else:
         train = [r.sentence for r in pending if r.split == "train" and "_missing_transcript" not in r.meta]
         if not train:
-            raise LrlError(f"{src}: no train rows to build the vocabulary from; pass --vocab DIR or include train in --splits")
+            from collections import Counter
+
+            why = Counter(reason for r, reason, _ in skipped if r.split == "train")
+            detail = f" (train rows skipped: {', '.join(f'{n} {k}' for k, n in why.most_common())})" if why else ""
+            raise LrlError(f"{src}: no usable train rows to build the vocabulary from{detail}; fix the paths, "
+                           "pass --vocab DIR, or include train in --splits")
         vocab = build_vocab(train, NormalizerConfig(language=config.language)).vocab
         vocab_source = f"built from {len(train)} train transcripts"
 

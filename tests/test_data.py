@@ -362,3 +362,11 @@ def test_fsdd_full_manifest_through_cli(shared_data, tmp_path, cli):
     assert summary["total"]["read"] == n_rows == sum(len(d) for d in dd.values()) + summary["total"]["skipped"]
     assert set(dd) == {"train", "test"} and summary["splits"]["test"]["speakers"] == 6
     assert set("".join(dd["test"]["text"])) <= set(vocab.chars) | {" "}
+
+
+def test_a_manifest_whose_every_train_row_is_unusable_says_why(tmp_path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("path\tsentence\n../../etc/passwd\thello\n/etc/passwd\tagain\n", encoding="utf-8")
+    with pytest.raises(LrlError, match=r"no usable train rows.*2 unsafe_path"):
+        prepare(manifest, tmp_path / "out", PrepareConfig())
+    assert not (tmp_path / "out").exists()
