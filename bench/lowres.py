@@ -32,6 +32,9 @@ LRL = [sys.executable, "-m", "lrl"]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+STARTS: dict[str, list] = {}  # arm -> [starting checkpoint, its fine-tuning recipe], kept in state.json
+
+
 def run(cmd: list[str], log: Path) -> float:
     """Run a command, its output to `log`; returns wall seconds; raises on failure with the log's tail."""
     t0 = time.perf_counter()
@@ -100,10 +103,19 @@ def main() -> None:
              "--oov", "strip-marks", "--exclude", SHARED / "yo-cv" / "dev.tsv", "--exclude", SHARED / "yo-cv" / "test.tsv",
              "--out", lm], WORK / "lm.log")
 
-    results: dict[str, dict] = {}
-    wall: dict[str, float] = {}
-    starts: dict[str, tuple[str, list[str]]] = {}
-    notes: list[str] = []
+    # arms already run with these settings are kept (rerun one with --arms): WORK/state.json
+    state_file = WORK / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if state.get("settings") != [args.minutes, args.xl_minutes, args.smoke]:
+        state = {"settings": [args.minutes, args.xl_minutes, args.smoke]}
+    results: dict[str, dict] = state.setdefault("results", {})
+    wall: dict[str, float] = state.setdefault("wall", {})
+    starts: dict[str, list] = STARTS
+    starts.update(state.get("starts", {}))
+    notes: list[str] = state.setdefault("notes", [])
+    for arm in args.arms:  # rerun arms lose their old results and notes
+        results.pop(arm, None)
+        notes[:] = [n for n in notes if not n.startswith(f"{arm}:")]
     budget = args.minutes
     grid = SMOKE_GRID if args.smoke else GRID
 
@@ -158,6 +170,7 @@ def main() -> None:
     if starts and ("d" in args.arms or "e" in args.arms):
         best = min(starts, key=lambda k: last_dev_cer(WORK / k / "model"))  # chosen on dev, never on test
         start, recipe = starts[best]
+        notes[:] = [n for n in notes if not n.startswith("d/e")]
         notes.append(f"d/e start from arm {best}'s starting checkpoint (lowest final dev CER of the starts)")
         head = ["--init-head-from", recipe[recipe.index("--init-head-from") + 1]] if "--init-head-from" in recipe else []
         for arm, extra in (("d", [*recipe, *SCHEDULE_EXTRAS]), ("e", [*HF_DEFAULTS, *head])):
@@ -184,6 +197,12 @@ ARM_NAMES = {
 def write_table(results: dict, wall: dict, notes: list[str], args) -> None:
     from _results import update_section
 
+    state_file = WORK / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state.update(settings=[args.minutes, args.xl_minutes, args.smoke], results=results, wall=wall, notes=notes,
+                 starts=STARTS)
+    state_file.write_text(json.dumps(state, indent=1))
+
     lines = [
         f"yo-cv train (1.56 h, one speaker) -> test (100 clips); tiny 2.5M-parameter Wav2Vec2; budget "
         f"{args.minutes:g} wall-clock minutes per arm{' (SMOKE RUN: pipeline check only)' if args.smoke else ''}; "
@@ -192,7 +211,7 @@ def write_table(results: dict, wall: dict, notes: list[str], args) -> None:
         "| arm | greedy WER | greedy CER | LM WER | LM CER | rel. WER gain from LM | wall min |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for arm, r in results.items():
+    for arm, r in sorted(results.items()):
         g, lmr = r["greedy"], r.get("lm") or {}
         gain = (g["wer"] - lmr["wer"]) / g["wer"] if lmr and g["wer"] else float("nan")
         lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {lmr.get('wer', float('nan')):.1%} | "

@@ -159,6 +159,7 @@ def synthesize_corpus(
     for split, sentences in splits.items():
         rows = []
         for i, sentence in enumerate(sentences):
+            sentence = " ".join(sentence.split())  # a tab or newline inside a sentence would break the TSV
             variant = config.variants[int(rng.integers(len(config.variants)))]
             rate = int(rng.integers(config.rate_wpm[0], config.rate_wpm[1] + 1))
             pitch = int(rng.integers(config.pitch[0], config.pitch[1] + 1))
@@ -189,6 +190,11 @@ def synthesize_corpus(
 
 
 def _write_tsv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A TSV that Common Voice readers (QUOTE_NONE, no escapes) read back field for field."""
+    for row in rows:
+        bad = [f for f in row if "\t" in f or "\n" in f or "\r" in f]
+        if bad:
+            raise ValueError(f"TSV fields may not hold tabs or line breaks: {bad[0]!r}")
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n", escapechar="\\")
     w.writerow(header)
@@ -243,7 +249,7 @@ def make_multilingual_corpus(
         if str(src) == "grammar":
             sents = unique_sentences(swahili_sentence, n, rng)
         else:
-            pool = [s.strip() for s in read_text_lines(src) if 2 <= len(s.split()) <= max_words]
+            pool = [" ".join(s.split()) for s in read_text_lines(src) if 2 <= len(s.split()) <= max_words]
             if len(pool) < n:
                 raise LrlError(f"{src}: only {len(pool)} sentences of 2..{max_words} words; need {n}")
             sents = [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]

@@ -69,3 +69,9 @@ def test_multilingual_corpus_is_a_manifest_data_prepare_reads(tmp_path, shared_d
     prepare(out / "manifest.tsv", tmp_path / "data", PrepareConfig(splits=("train", "dev")))
     ds, vocab = load_prepared(tmp_path / "data")
     assert len(ds["train"]) == 6 and "w" in vocab.chars
+
+
+def test_sentences_with_tabs_round_trip_through_the_cv_tsv(tmp_path):
+    out = synthesize_corpus({"train": ["mama\tanapika  chai"]}, tmp_path / "t", SynthConfig(variants=("m1",), noise_p=0))
+    header, rows = read_table(out / "train.tsv")
+    assert len(rows[0]) == len(header) and rows[0]["sentence"] == "mama anapika chai"
