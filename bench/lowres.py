@@ -32,9 +32,6 @@ LRL = [sys.executable, "-m", "lrl"]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-STARTS: dict[str, list] = {}  # arm -> [starting checkpoint, its fine-tuning recipe], kept in state.json
-
-
 def run(cmd: list[str], log: Path) -> float:
     """Run a command, its output to `log`; returns wall seconds; raises on failure with the log's tail."""
     t0 = time.perf_counter()
@@ -110,8 +107,7 @@ def main() -> None:
         state = {"settings": [args.minutes, args.xl_minutes, args.smoke]}
     results: dict[str, dict] = state.setdefault("results", {})
     wall: dict[str, float] = state.setdefault("wall", {})
-    starts: dict[str, list] = STARTS
-    starts.update(state.get("starts", {}))
+    starts: dict[str, list] = state.setdefault("starts", {})  # arm -> [start checkpoint, its recipe]
     notes: list[str] = state.setdefault("notes", [])
     for arm in args.arms:  # rerun arms lose their old results and notes
         results.pop(arm, None)
@@ -126,7 +122,7 @@ def main() -> None:
         wall["a"] = run(train_cmd(data, str(d / "init"), d / "model", budget, SCRATCH_RECIPE), d / "train.log")
         starts["a"] = (str(d / "init"), SCRATCH_RECIPE)
         results["a"] = evaluate_arm(d / "model", data, lm, d, grid)
-        write_table(results, wall, notes, args)  # partial results land even if a later arm fails
+        write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
 
     if "b" in args.arms:
         d = WORK / "b"
@@ -140,7 +136,7 @@ def main() -> None:
         wall["b"] = t_pre + t_ft
         starts["b"] = (str(d / "ssl"), SCRATCH_RECIPE)
         results["b"] = evaluate_arm(d / "model", data, lm, d, grid)
-        write_table(results, wall, notes, args)  # partial results land even if a later arm fails
+        write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
         notes.append(f"b: pretraining took {t_pre / 60:.1f} of its {budget:.0f} minutes")
 
     if "c" in args.arms:
@@ -165,7 +161,7 @@ def main() -> None:
         wall["c"] = run(train_cmd(data, str(d / "xl"), d / "model", budget, xl_recipe), d / "train.log")
         starts["c"] = (str(d / "xl"), xl_recipe)
         results["c"] = evaluate_arm(d / "model", data, lm, d, grid)
-        write_table(results, wall, notes, args)  # partial results land even if a later arm fails
+        write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
 
     if starts and ("d" in args.arms or "e" in args.arms):
         best = min(starts, key=lambda k: last_dev_cer(WORK / k / "model"))  # chosen on dev, never on test
@@ -180,7 +176,7 @@ def main() -> None:
             d.mkdir(exist_ok=True)
             wall[arm] = run(train_cmd(data, start, d / "model", budget, extra), d / "train.log")
             results[arm] = evaluate_arm(d / "model", data, lm, d, grid)
-            write_table(results, wall, notes, args)  # partial results land even if a later arm fails
+            write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
 
 
 def last_dev_cer(model: Path) -> float:
@@ -194,14 +190,12 @@ ARM_NAMES = {
 }
 
 
-def write_table(results: dict, wall: dict, notes: list[str], args) -> None:
+def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args) -> None:
     from _results import update_section
 
-    state_file = WORK / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    state.update(settings=[args.minutes, args.xl_minutes, args.smoke], results=results, wall=wall, notes=notes,
-                 starts=STARTS)
-    state_file.write_text(json.dumps(state, indent=1))
+    state = {"settings": [args.minutes, args.xl_minutes, args.smoke], "results": results, "wall": wall,
+             "notes": notes, "starts": starts}
+    (WORK / "state.json").write_text(json.dumps(state, indent=1))
 
     lines = [
         f"yo-cv train (1.56 h, one speaker) -> test (100 clips); tiny 2.5M-parameter Wav2Vec2; budget "
