@@ -64,7 +64,7 @@ class AcousticModel:
             raise LrlError(f"{self.model_dir} is not a model directory (no config.json): pass the output of `lrl train`")
         if threads:
             torch.set_num_threads(threads)
-        self.model = Wav2Vec2ForCTC.from_pretrained(str(self.model_dir)).eval()
+        self.model = Wav2Vec2ForCTC.from_pretrained(str(self.model_dir), dtype=torch.float32).eval()
         self.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(self.model_dir))
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.ratio = int(self.model.config.inputs_to_logits_ratio)  # samples per output frame

@@ -119,7 +119,9 @@ def read_checkpoint_config(checkpoint: str | Path):
     """The Wav2Vec2Config of a hub id or local directory; LrlError when it is missing or not wav2vec2."""
     from transformers import Wav2Vec2Config
 
-    text = str(checkpoint)
+    from lrl.start import resolve_checkpoint
+
+    text = resolve_checkpoint(checkpoint)
     local = Path(text).expanduser()
     if not local.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text):
         raise LrlError(f"{checkpoint}: no such checkpoint directory (expected a local directory or a hub id like org/name)")
@@ -146,8 +148,12 @@ def load_for_ctc(
     outputs (pad = blank), mean CTC loss and zero_infinity. Safetensors only unless `allow_pickle`;
     remote code is never trusted. `config_overrides` set config fields (dropouts, SpecAugment...).
     With `adapter_attn_dim`, MMS attention adapters are added and (with the head) freshly initialised."""
+    import torch
     from transformers import Wav2Vec2ForCTC
 
+    from lrl.start import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
     local = Path(checkpoint)
     if local.exists():
         _check_local_weights(local, allow_pickle)
@@ -160,7 +166,7 @@ def load_for_ctc(
         with _quiet_transformers():
             model, info = Wav2Vec2ForCTC.from_pretrained(
                 str(checkpoint), use_safetensors=None if allow_pickle else True, trust_remote_code=False,
-                ignore_mismatched_sizes=True, output_loading_info=True, **kw,
+                ignore_mismatched_sizes=True, output_loading_info=True, dtype=torch.float32, **kw,
             )
     except OSError as e:
         hint = "" if allow_pickle else " (only safetensors weights are loaded unless --allow-pickle)"
@@ -228,7 +234,9 @@ def transfer_head(model, target_tokens: list[str] | tuple[str, ...], source: str
     copied."""
     import torch
 
-    source = Path(source)
+    from lrl.start import resolve_checkpoint
+
+    source = Path(resolve_checkpoint(source))
     weight, bias = _read_head(source, allow_pickle)
     src_vocab = _read_vocab(source)
     if weight.shape[1] != model.lm_head.in_features:

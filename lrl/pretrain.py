@@ -305,6 +305,9 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
         )
         logger.info("fresh %s model, %.2fM parameters", fresh, sum(p.numel() for p in net.parameters()) / 1e6)
         return net, fe
+    from lrl.start import resolve_checkpoint
+
+    model = resolve_checkpoint(model)
     local = Path(model)
     if local.is_dir() and not allow_pickle and not list(local.glob("model*.safetensors*")) and (
         list(local.glob("pytorch_model*.bin*"))
@@ -320,7 +323,7 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
             cfg.mask_time_prob = 0.05
         net, info = Wav2Vec2ForPreTraining.from_pretrained(
             str(model), config=cfg, use_safetensors=None if allow_pickle else True, output_loading_info=True,
-            trust_remote_code=False,
+            trust_remote_code=False, dtype=torch.float32,
         )
     except OSError as e:
         hint = "" if allow_pickle else "; only safetensors weights are loaded unless --allow-pickle"
@@ -540,7 +543,7 @@ def run_pretraining(
     state: dict = {}
     if ckpt is not None:
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        net = Wav2Vec2ForPreTraining.from_pretrained(str(ckpt), use_safetensors=True)
+        net = Wav2Vec2ForPreTraining.from_pretrained(str(ckpt), use_safetensors=True, dtype=torch.float32)
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(ckpt))
         changed = {
             k: (v, getattr(config, k)) for k, v in state["config"].items()
