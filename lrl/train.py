@@ -6,6 +6,7 @@ processor, normaliser, resolved config, metrics CSV, TensorBoard logs, curves an
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lrl import featcache
 from lrl.batching import BatchingConfig
 from lrl.io import LrlError, atomic_write_text
 from lrl.schedule import FreezeConfig, LayerwiseLrConfig
@@ -45,8 +47,12 @@ class DataConfig:
     max_eval_clips: int = 0  # evaluate on at most this many dev clips (0 = all)
     augment: str = "none"  # waveform augmentation preset of lrl.augment: none, light, strong
     num_workers: int = 0  # dataloader worker processes (each gets its own augmentation stream)
+    cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.featcache)
+    cache_max_gb: float = 4.0  # no cache when it would take more memory than this (GiB)
 
     def __post_init__(self) -> None:
+        if self.cache_max_gb < 0:
+            raise ValueError(f"data.cache_max_gb must be >= 0 (GiB), got {self.cache_max_gb}")
         if not self.train_split:
             raise ValueError("data.train_split must name a split, got ''")
         if self.max_eval_clips < 0:
@@ -354,13 +360,19 @@ class CTCCollator:
         for i, c in enumerate(clips):
             inputs[i, : len(c)] = c
             mask[i, : len(c)] = 1
+        return {"input_values": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(mask),
+                "labels": self.labels(rows)}
+
+    def labels(self, rows: list[dict]):
+        """The rows' transcripts as padded label ids (-100 = ignored by the CTC loss)."""
+        import torch
+
         ids = [[self.delim if ch == " " else self.t2i.get(ch, self.unk) for ch in str(r["text"])] for r in rows]
         m = max(1, max(len(t) for t in ids))
         labels = np.full((len(ids), m), -100, dtype=np.int64)
         for i, t in enumerate(ids):
             labels[i, : len(t)] = t
-        return {"input_values": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(mask),
-                "labels": torch.from_numpy(labels)}
+        return torch.from_numpy(labels)
 
 
 # -- metrics -------------------------------------------------------------------------------------------
@@ -492,7 +504,7 @@ def _make_trainer_class():
     return CTCTrainer
 
 
-def _make_callbacks(cfg: TrainConfig, out: Path):
+def _make_callbacks(cfg: TrainConfig, out: Path, spent_seconds: float = 0.0):
     from transformers import TrainerCallback
 
     class RunLogCallback(TrainerCallback):
@@ -534,19 +546,20 @@ def _make_callbacks(cfg: TrainConfig, out: Path):
 
     callbacks = [RunLogCallback()]
     if cfg.max_minutes:
-        callbacks.append(TimeBudgetCallback(cfg.max_minutes))
+        callbacks.append(TimeBudgetCallback(cfg.max_minutes, spent_seconds))
     return callbacks
 
 
-def TimeBudgetCallback(minutes: float):  # noqa: N802 - a factory standing in for the class
+def TimeBudgetCallback(minutes: float, spent_seconds: float = 0.0):  # noqa: N802 - a factory standing in for the class
     """A callback that stops training after `minutes` of wall-clock time and re-fits the LR schedule's
     horizon (`total` of lrl.schedule's cosine/linear factors) to the updates the budget allows, from the
-    measured time per update, so a budgeted run still warms up, peaks and decays."""
+    measured time per update, so a budgeted run still warms up, peaks and decays. `spent_seconds` (work
+    done before training, such as building the conv feature cache) comes out of the budget."""
     from transformers import TrainerCallback
 
     class _Cb(TrainerCallback):
         def __init__(self) -> None:
-            self.budget = 60.0 * minutes
+            self.budget = max(0.0, 60.0 * minutes - spent_seconds)
             self.t0 = time.perf_counter()
             self.step0 = 0
 
@@ -628,6 +641,22 @@ def _by_duration(ds):
     return ds.select(np.argsort(np.asarray(ds["duration"], dtype=np.float64), kind="stable").tolist())
 
 
+def _feature_cache_blocker(cfg: TrainConfig, model_config, durations: list[float], world: int) -> str | None:
+    """Why this run cannot use lrl.featcache (or should not: too short, too big), or None."""
+    total = sum(durations)
+    epochs = None
+    if cfg.optim.max_steps > 0:  # updates x the batch's audio budget, over the training audio
+        epochs = cfg.optim.max_steps * cfg.optim.grad_accum * min(cfg.batching.max_seconds, total) / max(total, 1e-9)
+    elif cfg.optim.epochs:
+        epochs = float(cfg.optim.epochs)
+    blocker = featcache.cache_blocker(cfg.freeze.freeze_feature_encoder, cfg.freeze.unfreeze_conv_at,
+                                      cfg.data.augment, world, epochs)
+    need = featcache.estimate_bytes(model_config, int(total * SAMPLE_RATE))
+    if blocker is None and need > cfg.data.cache_max_gb * 2**30:
+        blocker = f"it would take {need / 2**30:.1f} GiB (data.cache_max_gb={cfg.data.cache_max_gb:g})"
+    return blocker
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune `cfg.model.checkpoint` with CTC on `cfg.data.path`; write everything to `cfg.output_dir`."""
     import torch
@@ -642,6 +671,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise LrlError("no starting checkpoint: set model.checkpoint (--checkpoint HUB_ID_OR_DIR); `lrl train init-tiny` writes a small one")
     if not cfg.output_dir:
         raise LrlError("no output directory: set output_dir (--out DIR)")
+    from lrl.start import resolve_checkpoint
+
+    # shipped starts by name (`xl-tiny`) become their directories; the saved config records the directory
+    model_cfg = dataclasses.replace(
+        cfg.model, checkpoint=resolve_checkpoint(cfg.model.checkpoint),
+        init_head_from=resolve_checkpoint(cfg.model.init_head_from) if cfg.model.init_head_from else "",
+    )
+    cfg = dataclasses.replace(cfg, model=model_cfg)
     out = Path(cfg.output_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -698,6 +735,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     freeze_cb = FreezeScheduleCallback(model, cfg.freeze)
     collator = CTCCollator(vocab, _make_augmenter(cfg))
     eval_collator = CTCCollator(vocab)
+    cache, cache_note = None, "off (data.cache_features=false)"
+    if cfg.data.cache_features:
+        cache_note = _feature_cache_blocker(cfg, model.config, durations, world)
+        if cache_note is None:
+            cache = featcache.build_feature_cache(model, train_ds, durations, eval_collator)
+            collator = featcache.CachedFeatureCollator(cache, eval_collator)
+            rows = dsd[cfg.data.train_split].select_columns(["text"])
+            train_ds = rows.add_column("row", np.arange(len(rows))).with_format("numpy")
+            cache_note = f"{len(durations)} clips, {cache.nbytes / 2**20:.0f} MB, built in {cache.build_seconds:.1f} s"
+        else:
+            logger.info("conv feature cache off: %s", cache_note)
 
     out.mkdir(parents=True, exist_ok=True)
     has_eval = eval_ds is not None
@@ -735,7 +783,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         bf16=cfg.precision == "bf16",
         disable_tqdm=False,
     )
-    callbacks = [freeze_cb, *_make_callbacks(cfg, out)]
+    callbacks = [freeze_cb, *_make_callbacks(cfg, out, cache.build_seconds if cache is not None else 0.0)]
     if has_eval and cfg.eval.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience))
     Trainer = _make_trainer_class()
@@ -759,8 +807,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if args.process_index == 0:
         save_config(cfg, out, {"vocab_size": len(tokenizer), "train_clips": len(durations),
                                "train_hours": round(sum(durations) / 3600, 4), "world_size": world,
+                               "feature_cache": cache_note,
                                "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
-    trainer.train(resume_from_checkpoint=resume_from)
+    with featcache.cached_front_end(model) if cache is not None else contextlib.nullcontext():
+        trainer.train(resume_from_checkpoint=resume_from)
 
     metrics: dict = {}
     if has_eval:

@@ -1,0 +1,132 @@
+"""The frozen conv front end's output, computed once per training clip and reused every epoch.
+
+While the feature encoder is frozen and the waveform is not augmented, its output for a clip never
+changes, yet on small models it is a large share of every step (38% for `tiny_config("small")` on CPU,
+bench/train.py). SpecAugment acts after it (on the projected features), so masking is unchanged; the
+conv stack has no dropout, so training mode gives the same features as evaluation mode."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BUILD_SECONDS = 60.0  # seconds of padded audio per batch while the cache is built (forward only, no grads)
+MIN_EPOCHS = 1.5  # a run planned for fewer epochs skips the cache: building it costs about one epoch's conv work
+
+
+@dataclass
+class FeatureCache:
+    """Per training row: the conv features (channels x frames, float32) and the clip's sample count."""
+
+    feats: list[np.ndarray]
+    samples: np.ndarray  # int64, samples of each clip at the model's rate (the attention mask's length)
+    build_seconds: float  # wall time the build took
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(f.nbytes for f in self.feats))
+
+
+def cache_blocker(freeze_feature_encoder: bool, unfreeze_conv_at: int, augment: str, world_size: int,
+                  planned_epochs: float | None) -> str | None:
+    """Why the front end's output cannot (or should not) be cached in this run, or None when it can."""
+    if not freeze_feature_encoder:
+        return "the feature encoder trains (freeze.freeze_feature_encoder=false)"
+    if unfreeze_conv_at >= 0:
+        return f"the conv layers unfreeze at update {unfreeze_conv_at} (freeze.unfreeze_conv_at)"
+    if augment != "none":
+        return f"waveform augmentation ({augment!r}) changes the input every epoch"
+    if world_size > 1:
+        return f"{world_size} processes would each build the whole cache"
+    if planned_epochs is not None and planned_epochs < MIN_EPOCHS:
+        return f"the run is planned for {planned_epochs:.1f} epochs; the cache pays off from about {MIN_EPOCHS:g}"
+    return None
+
+
+def estimate_bytes(model_config, total_samples: int) -> int:
+    """Memory the cache takes: conv channels x output frames x 4 bytes."""
+    ratio = int(np.prod(model_config.conv_stride))
+    return int(model_config.conv_dim[-1]) * (int(total_samples) // ratio) * 4
+
+
+def build_feature_cache(model, dataset, durations: list[float], collate, max_seconds: float = BUILD_SECONDS) -> FeatureCache:
+    """Run the model's conv front end once over `dataset` (rows with "audio"; `collate` is the training
+    collator without augmentation, so inputs are normalised exactly as in training) in length-sorted
+    batches of <= `max_seconds` padded audio, keeping each clip's valid frames."""
+    import torch
+
+    t0 = time.perf_counter()
+    fe = model.wav2vec2.feature_extractor
+    order = np.argsort(np.asarray(durations), kind="stable")
+    feats: list[np.ndarray | None] = [None] * len(order)
+    samples = np.zeros(len(order), dtype=np.int64)
+    batch: list[int] = []
+
+    def flush() -> None:
+        enc = collate([dataset[int(i)] for i in batch])
+        lengths = enc["attention_mask"].sum(-1)
+        frames = model.wav2vec2._get_feat_extract_output_lengths(lengths)
+        with torch.no_grad():
+            out = fe(enc["input_values"]).float()
+        for b, i in enumerate(batch):
+            feats[i] = out[b, :, : int(frames[b])].numpy().copy()
+            samples[i] = int(lengths[b])
+        batch.clear()
+
+    for i in order:  # ascending length: the newest clip is the longest, so padded = count x its duration
+        if batch and (len(batch) + 1) * durations[i] > max_seconds:
+            flush()
+        batch.append(int(i))
+    if batch:
+        flush()
+    cache = FeatureCache(feats, samples, time.perf_counter() - t0)  # type: ignore[arg-type]
+    logger.info("cached the conv front end's output for %d clips (%.0f MB) in %.1f s", len(order),
+                cache.nbytes / 2**20, cache.build_seconds)
+    return cache
+
+
+class CachedFeatureCollator:
+    """Pads cached conv features into input_values (batch x channels x frames) with a sample-level
+    attention_mask, so the model derives the same frame lengths and masks as from the waveforms; labels
+    come from `base` (a CTCCollator). Rows carry "row" (index into the cache) and "text"."""
+
+    def __init__(self, cache: FeatureCache, base) -> None:
+        self.cache = cache
+        self.base = base
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        idx = [int(r["row"]) for r in rows]
+        feats = [self.cache.feats[i] for i in idx]
+        channels, frames = feats[0].shape[0], max(f.shape[1] for f in feats)
+        inputs = np.zeros((len(idx), channels, frames), dtype=np.float32)
+        for b, f in enumerate(feats):
+            inputs[b, :, : f.shape[1]] = f
+        n = self.cache.samples[idx]
+        mask = np.arange(int(n.max()))[None, :] < n[:, None]
+        return {"input_values": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+                "labels": self.base.labels(rows)}
+
+
+@contextmanager
+def cached_front_end(model):
+    """While inside, the conv front end passes 3-D inputs (cached features) through unchanged and runs
+    as usual on 2-D waveforms (evaluation batches)."""
+    fe = model.wav2vec2.feature_extractor
+    original = fe.forward
+
+    def forward(input_values):
+        return input_values if input_values.dim() == 3 else original(input_values)
+
+    fe.forward = forward
+    try:
+        yield
+    finally:
+        del fe.forward  # back to the class's forward

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import yaml
+
+from lrl.featcache import (
+    CachedFeatureCollator,
+    build_feature_cache,
+    cache_blocker,
+    cached_front_end,
+    estimate_bytes,
+)
+from lrl.model import init_tiny, load_for_ctc
+from lrl.text import NormalizerConfig
+from lrl.train import CTCCollator, TrainConfig, train
+from lrl.vocab import Vocab
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _rows(rng, n=5):
+    """Clips of different lengths (so batches pad) with short transcripts."""
+    words = ["one", "two", "three", "four", "five"]
+    return [{"audio": rng.normal(0, 0.1, int(16000 * d)).astype(np.float32), "text": words[i % 5]}
+            for i, d in enumerate(rng.uniform(0.4, 1.6, n))]
+
+
+def test_cached_features_give_the_same_loss_and_gradients_as_waveforms(ckpt, rng):
+    import torch
+
+    rows = _rows(rng)
+    vocab = Vocab.from_chars("onetwhrfuiv", NormalizerConfig())
+    base = CTCCollator(vocab)
+    model = load_for_ctc(ckpt, len(vocab), mask_time_prob=0.5, mask_time_length=2)  # SpecAugment on: masks must match
+    model.freeze_feature_encoder()
+    model.train()
+    cache = build_feature_cache(model, rows, [len(r["audio"]) / 16000 for r in rows], base, max_seconds=2.5)
+    assert [f.shape[1] for f in cache.feats] == model.wav2vec2._get_feat_extract_output_lengths(
+        torch.tensor([len(r["audio"]) for r in rows])).tolist()
+    assert cache.nbytes == sum(f.nbytes for f in cache.feats)
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        np.random.seed(0)  # transformers draws the SpecAugment spans with numpy
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    order = [3, 0, 4, 1]  # a batch mixing lengths, in the order the sampler might give
+    raw = loss_and_grads(base([rows[i] for i in order]))
+    cached_batch = CachedFeatureCollator(cache, base)([{"row": i, "text": rows[i]["text"]} for i in order])
+    assert cached_batch["input_values"].dim() == 3
+    with cached_front_end(model):
+        cached = loss_and_grads(cached_batch)
+    assert cached[0] == pytest.approx(raw[0], rel=1e-5)
+    assert len(cached[1]) == len(raw[1]) > 0
+    for a, b in zip(cached[1], raw[1], strict=True):  # equal up to float rounding (batching differs in the build)
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-8  # (some are zero up to rounding)
+    assert "forward" not in vars(model.wav2vec2.feature_extractor)  # the bypass is gone after the block
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    (dict(freeze_feature_encoder=False), "feature encoder trains"),
+    (dict(unfreeze_conv_at=100), "unfreeze at update 100"),
+    (dict(augment="light"), "waveform augmentation"),
+    (dict(world_size=2), "2 processes"),
+    (dict(planned_epochs=1.0), "1.0 epochs"),
+])
+def test_cache_is_refused_when_it_would_be_wrong_or_not_pay(kw, match):
+    args = dict(freeze_feature_encoder=True, unfreeze_conv_at=-1, augment="none", world_size=1, planned_epochs=10.0)
+    assert cache_blocker(**args) is None
+    assert match in cache_blocker(**{**args, **kw})
+
+
+def test_estimate_matches_a_built_cache(ckpt, rng):
+    rows = _rows(rng, 3)
+    vocab = Vocab.from_chars("onetwhrfuiv", NormalizerConfig())
+    model = load_for_ctc(ckpt, len(vocab))
+    cache = build_feature_cache(model, rows, [len(r["audio"]) / 16000 for r in rows], CTCCollator(vocab))
+    est = estimate_bytes(model.config, sum(len(r["audio"]) for r in rows))
+    assert abs(est - cache.nbytes) <= 4 * model.config.conv_dim[-1] * 3 * 2  # a frame or two per clip of rounding
+
+
+def test_training_with_and_without_the_cache_ends_at_the_same_weights(ckpt, tmp_path, shared_data):
+    import torch
+    from safetensors.torch import load_file
+    from test_train import make_fsdd_dataset
+
+    data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=8, n_dev=2)
+    runs = {}
+    for cache in (True, False):
+        cfg = TrainConfig.from_dict({
+            "output_dir": str(tmp_path / f"run-{cache}"), "threads": 1,
+            "data": {"path": str(data), "cache_features": cache, "eval_split": "", "test_split": ""},
+            "model": {"checkpoint": str(ckpt), "spec_augment": "none"},
+            "optim": {"max_steps": 6, "lr": 1e-3, "warmup_steps": 1},
+            "batching": {"max_seconds": 3.0},
+            "eval": {"save_total_limit": 1, "logging_steps": 1},
+        })
+        train(cfg)
+        runs[cache] = load_file(str(tmp_path / f"run-{cache}" / "model.safetensors"))
+        note = yaml.safe_load((tmp_path / f"run-{cache}" / "train_config.yaml").read_text())
+        used = note["resolved"]["feature_cache"]  # the resolved config says whether the cache was used
+        assert used.startswith("8 clips") if cache else used.startswith("off")
+    assert runs[True].keys() == runs[False].keys()
+    for k in runs[True]:
+        a, b = runs[True][k], runs[False][k]
+        assert (a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-7, k
+    assert any(not torch.equal(runs[True][k], load_file(str(ckpt / "model.safetensors")).get(k, runs[True][k]))
+               for k in runs[True] if k.startswith("wav2vec2.encoder"))  # training did move the weights
