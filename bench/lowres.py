@@ -5,14 +5,14 @@ Arms (all `tiny_config("small")`-shaped, 2.5M parameters):
   a  from scratch: random init, lrl's CPU recipe (high LR, short warm-up, conv front end trained)
   b  `lrl pretrain` on all unlabeled speech in ../shared/data (yo-cv clips + fsdd), then fine-tune
      (the pretraining minutes come out of the arm's budget)
-  c  cross-lingual start built by lrl: CTC on espeak-ng speech in 7 languages (cy eu ga mt de en sw),
-     then fine-tuned on Yoruba with head transfer (--init-head-from); the build is reported apart,
-     like XLS-R's pretraining is not paid by its users
+  c  the cross-lingual start lrl ships (`xl-tiny`, rebuilt by `make xl-start`): CTC on espeak-ng speech
+     in 6 languages (cy eu ga-IE mt de en), then fine-tuned on Yoruba with head transfer
+     (--init-head-from); its build is reported apart, like XLS-R's pretraining is not paid by its users
   d  the best start of a-c plus layer-wise LR decay, progressive unfreezing and `light` augmentation
   e  the same start as d with the defaults of HF's run_speech_recognition_ctc.py (lr 3e-4, warmup 500,
      linear decay, batch 8 clips, feature encoder frozen, mask_time_prob 0.05)
 Each arm: greedy and with a KenLM 3-gram from lm-text/yo.txt (dev/test sentences excluded), alpha/beta
-tuned on dev; WER/CER on test. Usage: python bench/lowres.py [--minutes 20] [--xl-minutes 20] [--smoke]
+tuned on dev; WER/CER on test. Usage: python bench/lowres.py [--minutes 20] [--arms abcde] [--smoke]
 """
 
 from __future__ import annotations
@@ -84,13 +84,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget per arm (pretraining included)")
     ap.add_argument("--pretrain-share", type=float, default=0.4, help="share of arm b's budget spent pretraining")
-    ap.add_argument("--xl-minutes", type=float, default=20.0, help="budget for building the cross-lingual start")
-    ap.add_argument("--xl-per-language", type=int, default=300, help="espeak-ng utterances per language")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets: checks the pipeline, measures nothing")
     ap.add_argument("--arms", default="abcde")
     args = ap.parse_args()
     if args.smoke:
-        args.minutes, args.xl_minutes, args.xl_per_language = 1.5, 1.5, 20
+        args.minutes = 1.5
     WORK.mkdir(parents=True, exist_ok=True)
     data, lm = WORK / "yo-data", WORK / "yo-lm"
     if not (data / "summary.json").is_file():
@@ -103,8 +101,8 @@ def main() -> None:
     # arms already run with these settings are kept (rerun one with --arms): WORK/state.json
     state_file = WORK / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if state.get("settings") != [args.minutes, args.xl_minutes, args.smoke]:
-        state = {"settings": [args.minutes, args.xl_minutes, args.smoke]}
+    if state.get("settings") != [args.minutes, args.smoke]:
+        state = {"settings": [args.minutes, args.smoke]}
     results: dict[str, dict] = state.setdefault("results", {})
     wall: dict[str, float] = state.setdefault("wall", {})
     starts: dict[str, list] = state.setdefault("starts", {})  # arm -> [start checkpoint, its recipe]
@@ -140,26 +138,17 @@ def main() -> None:
         notes.append(f"b: pretraining took {t_pre / 60:.1f} of its {budget:.0f} minutes")
 
     if "c" in args.arms:
-        from lrl.synth import make_multilingual_corpus
+        from lrl.start import resolve_checkpoint
 
         d = WORK / "c"
         d.mkdir(exist_ok=True)
-        t0 = time.perf_counter()
-        lt = SHARED / "lm-text"
-        texts = {"cy": lt / "cy.txt", "eu": lt / "eu.txt", "ga-IE": lt / "ga-IE.txt", "mt": lt / "mt.txt",
-                 "de": lt / "de.txt", "en": lt / "en.txt", "sw": "grammar"}
-        if not (d / "corpus" / "manifest.tsv").is_file():
-            make_multilingual_corpus(d / "corpus", texts, n_per_language=args.xl_per_language, n_dev_per_language=10)
-        if not (d / "xl-data" / "summary.json").is_file():
-            run([*LRL, "data", "prepare", d / "corpus" / "manifest.tsv", "--out", d / "xl-data", "--splits", "train,dev",
-                 "--no-card"], d / "xl-prepare.log")
-        run([*LRL, "train", "init-tiny", d / "init", "--size", "small"], d / "init.log")
-        run(train_cmd(d / "xl-data", str(d / "init"), d / "xl", args.xl_minutes, SCRATCH_RECIPE), d / "xl-train.log")
-        t_build = time.perf_counter() - t0
-        notes.append(f"c: building the cross-lingual start took {t_build / 60:.1f} min (not counted in the arm)")
-        xl_recipe = [*FINETUNE_RECIPE, "--init-head-from", str(d / "xl")]
-        wall["c"] = run(train_cmd(data, str(d / "xl"), d / "model", budget, xl_recipe), d / "train.log")
-        starts["c"] = (str(d / "xl"), xl_recipe)
+        xl = resolve_checkpoint("xl-tiny")  # the shipped start; `make xl-start` rebuilds it
+        info = json.loads((Path(xl) / "start.json").read_text())
+        notes.append(f"c: the shipped xl-tiny start ({', '.join(sorted(info['texts']))}; {info['updates']} CTC updates) "
+                     f"took {info['build_minutes']:.1f} min to build with `make xl-start` (not counted in the arm)")
+        xl_recipe = [*FINETUNE_RECIPE, "--init-head-from", xl]
+        wall["c"] = run(train_cmd(data, xl, d / "model", budget, xl_recipe), d / "train.log")
+        starts["c"] = (xl, xl_recipe)
         results["c"] = evaluate_arm(d / "model", data, lm, d, grid)
         write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
 
@@ -193,7 +182,7 @@ ARM_NAMES = {
 def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args) -> None:
     from _results import update_section
 
-    state = {"settings": [args.minutes, args.xl_minutes, args.smoke], "results": results, "wall": wall,
+    state = {"settings": [args.minutes, args.smoke], "results": results, "wall": wall,
              "notes": notes, "starts": starts}
     (WORK / "state.json").write_text(json.dumps(state, indent=1))
 

@@ -353,6 +353,33 @@ def train_init_tiny(
     typer.echo(f"wrote {init_tiny(out, size.value, seed)}")
 
 
+@train_app.command("build-start")
+@_user_errors
+def train_build_start(
+    out: Annotated[Path, typer.Argument(help="Directory to write the start to (model + processor + card).")],
+    lang: Annotated[list[str], typer.Option("--lang", help="LANG=SENTENCE_FILE (one sentence per line) or sw=grammar; repeatable. Languages: cy eu ga-IE mt de en sw.")],
+    minutes: Annotated[float, typer.Option(help="Wall-clock minutes of CTC training (the LR schedule is fitted to them).", min=0.1)] = 10.0,
+    per_language: Annotated[int, typer.Option(help="Synthesised training utterances per language.", min=1)] = 300,
+    work: Annotated[Path | None, typer.Option(help="Directory for the corpus, dataset and run (default: OUT-work beside OUT; reused).")] = None,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Store fp32 weights (default fp16: half the size, loaded as fp32).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus, the initialisation and training.")] = 0,
+) -> None:
+    """Build a tiny cross-lingual start the way XLS-R/MMS are built, but small: CTC on espeak-ng speech in
+    several languages. `make xl-start` rebuilds the shipped `xl-tiny` with this command."""
+    from lrl.start import StartConfig, build_crosslingual_start
+
+    texts = {}
+    for item in lang:
+        code, sep, src = item.partition("=")
+        if not sep or not code or not src:
+            raise typer.BadParameter(f"--lang takes LANG=SENTENCE_FILE or sw=grammar, got {item!r}")
+        if src != "grammar" and not Path(src).is_file():
+            raise typer.BadParameter(f"--lang {item}: no such sentence file {src!r}")
+        texts[code] = src
+    cfg = StartConfig(texts=texts, n_per_language=per_language, minutes=minutes, seed=seed, half=not fp32)
+    typer.echo(f"wrote {build_crosslingual_start(out, cfg, work)}")
+
+
 @train_app.command("find-batch")
 @_user_errors
 def train_find_batch(
@@ -578,22 +605,29 @@ def transcribe(
         typer.echo(json.dumps(t.to_dict(), ensure_ascii=False) if json_out else f"{t.path}\t{t.text}")
 
 
+class DemoStart(str, Enum):
+    xl_tiny = "xl-tiny"
+    scratch = "scratch"
+
+
 @app.command()
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
     train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 1500,
-    train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 8.0,
-    pretrain_steps: Annotated[int, typer.Option(help="Self-supervised warm-up updates before fine-tuning (0 = skip).", min=0)] = 60,
+    train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 5.0,
+    start: Annotated[DemoStart, typer.Option(help="xl-tiny: the shipped cross-lingual start (head rows transferred); scratch: a random tiny model.")] = DemoStart.xl_tiny,
+    pretrain_steps: Annotated[int, typer.Option(help="Self-supervised updates on the training audio before fine-tuning (0 = skip).", min=0)] = 0,
     n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,
     seed: Annotated[int, typer.Option(help="Seed of corpus, model and training.")] = 0,
 ) -> None:
     """The whole path on a Swahili corpus lrl synthesises with espeak-ng (no data to download):
-    vocab -> data -> augment -> pretrain -> train -> LM -> tune -> evaluate, then a results table."""
+    vocab -> data -> augment -> (pretrain) -> train from the shipped cross-lingual start -> LM -> tune ->
+    evaluate, then a results table."""
     from lrl.demo import DemoConfig, rerun_commands, run_demo
 
     cfg = DemoConfig(out=str(out), train_steps=train_steps, train_minutes=train_minutes,
-                     pretrain_steps=pretrain_steps, n_train=n_train, seed=seed)
+                     pretrain_steps=pretrain_steps, n_train=n_train, seed=seed, start=DemoStart(start).value)
     res = run_demo(cfg, say=typer.echo)
     typer.echo(f"\nResults on the synthesised test set ({res.n_test} sentences unseen in training and LM text):\n")
     typer.echo(res.eval_table)

@@ -1,6 +1,7 @@
 """`lrl demo`: the whole path on a corpus lrl makes itself (espeak-ng Swahili, several voices, noise):
-vocab -> data -> augment preview -> short pretrain -> train -> LM -> tune -> evaluate, each stage through
-the same library call as its CLI command, ending in a results table and the commands to rerun a stage."""
+vocab -> data -> augment preview -> (short pretrain) -> train from the shipped cross-lingual start -> LM ->
+tune -> evaluate, each stage through the same library call as its CLI command, ending in a results table
+and the commands to rerun a stage."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ class DemoConfig:
     n_train: int = 600  # synthesised training utterances (~3 s each)
     n_dev: int = 60  # dev utterances (alpha/beta tuning, checkpoint choice)
     n_test: int = 80  # test utterances (the reported WER/CER)
-    pretrain_steps: int = 60  # short self-supervised warm-up of the fresh model on the training audio (0 = skip)
+    start: str = "xl-tiny"  # the shipped cross-lingual start (Swahili not among its languages), or "scratch"
+    pretrain_steps: int = 0  # self-supervised updates on the training audio before fine-tuning (0 = skip)
     train_steps: int = 1500  # CTC fine-tuning updates (~16 s of audio each; ~0.3 s each on 2 idle cores)
-    train_minutes: float = 8.0  # wall-clock cap on fine-tuning; the LR schedule is fitted to what fits
+    train_minutes: float = 5.0  # wall-clock cap on fine-tuning; the LR schedule is fitted to what fits
     lm_order: int = 3  # KenLM n-gram order
     seed: int = 0
 
@@ -33,6 +35,8 @@ class DemoConfig:
         for f in ("n_train", "n_dev", "n_test", "train_steps", "lm_order"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
+        if self.start not in ("xl-tiny", "scratch"):
+            raise ValueError(f"start must be 'xl-tiny' or 'scratch', got {self.start!r}")
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
         if self.train_minutes <= 0:
@@ -95,7 +99,20 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
         )
         res.artefacts["augmentation preview (wav + png)"] = str(out / "augment_preview")
 
-    start = "tiny-small"
+    from lrl.start import FINETUNE_RECIPE, SCRATCH_RECIPE, resolve_checkpoint
+
+    # the start: the shipped cross-lingual checkpoint (CTC-trained on espeak-ng speech in six other
+    # languages; its head rows for shared characters are copied), or a random tiny model
+    head_from = ""
+    if config.start == "xl-tiny":
+        start, head_from, recipe = resolve_checkpoint("xl-tiny"), resolve_checkpoint("xl-tiny"), FINETUNE_RECIPE
+        res.artefacts["starting checkpoint (cross-lingual, shipped)"] = start
+    else:
+        start, recipe = str(out / "init"), SCRATCH_RECIPE
+        if not (out / "init" / "model.safetensors").is_file():
+            from lrl.model import init_tiny
+
+            init_tiny(out / "init", "small", seed=config.seed)
     with stage("pretrain"):
         if config.pretrain_steps > 0:
             if not (ssl_dir / "model.safetensors").is_file():
@@ -104,28 +121,22 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
                     gumbel_min_at_step=config.pretrain_steps, seed=config.seed, max_seconds=4.0, min_seconds=1.0,
                     save_every=0,
                 )
-                pretrain.run_pretraining([data_dir], ssl_dir, pcfg, fresh="tiny-small")
+                pretrain.run_pretraining([data_dir], ssl_dir, pcfg, model=start)
             start = str(ssl_dir)
-            res.artefacts["self-supervised start (Wav2Vec2ForPreTraining)"] = str(ssl_dir)
+            res.artefacts["self-supervised continuation (Wav2Vec2ForPreTraining)"] = str(ssl_dir)
         else:
-            from lrl.model import init_tiny
-
-            init_tiny(ssl_dir, "small", seed=config.seed)
-            start = str(ssl_dir)
+            say("      skipped (--pretrain-steps N continues self-supervised pretraining on the training audio first)")
 
     with stage("train"):
         run = {
             "output_dir": str(model_dir),
             "seed": config.seed,
             "data": {"path": str(data_dir), "augment": "light"},
-            "model": {"checkpoint": start, "spec_augment": "hf-default"},
-            # From a (nearly) random start on CPU, updates beat batch size (ENV-NOTES): ~16 s of audio per
-            # update, a high peak LR, short warm-up, and the conv front end trained too.
-            "optim": {"lr": 1.5e-3, "warmup_steps": 30, "max_steps": config.train_steps, "schedule": "cosine"},
-            "freeze": {"freeze_feature_encoder": False},
-            "batching": {"max_seconds": 16.0},
+            **{k: dict(v) for k, v in recipe.items()},
             "eval": {"eval_steps": max(50, config.train_steps // 5), "logging_steps": 10, "save_total_limit": 1},
         }
+        run["model"].update(checkpoint=start, init_head_from=head_from)
+        run["optim"]["max_steps"] = config.train_steps
         run["max_minutes"] = config.train_minutes
         tcfg = train.TrainConfig.from_dict(run)
         tr = train.train(tcfg)
@@ -165,7 +176,8 @@ def rerun_commands(res: DemoResult) -> list[str]:
         f"lrl data prepare YOUR_CV --out runs/data --language xx            # was: {o}/data",
         "lrl augment preview CLIP.mp3 --preset strong --n 4 --out runs/aug",
         "lrl pretrain runs/data --model XLSR_DIR --out runs/ssl --steps 2000   # optional",
-        "lrl train run --data runs/data --checkpoint runs/ssl --out runs/model   # or an XLS-R/MMS dir",
+        "lrl train run --data runs/data --checkpoint XLSR_OR_MMS_DIR --out runs/model   # or runs/ssl",
+        "lrl train run --data runs/data --checkpoint xl-tiny --init-head-from xl-tiny --out runs/model   # the demo's start",
         "lrl lm build YOUR_TEXT.txt --vocab runs/data/vocab --order 3 --out runs/lm",
         "lrl lm tune runs/model runs/data --lm runs/lm --split dev",
         "lrl evaluate runs/model runs/data --split test",
