@@ -72,3 +72,23 @@ def test_cli_rejects_malformed_lang(cli, tmp_path):
     assert r.exit_code != 0 and "LANG=SENTENCE_FILE" in r.output
     r = cli("train", "build-start", tmp_path / "s", "--lang", f"cy={tmp_path / 'none.txt'}")
     assert r.exit_code != 0 and "no such sentence file" in r.output
+
+
+def test_fine_tuning_starts_from_the_shipped_start_by_name(tmp_path, shared_data, cli):
+    import numpy as np
+    import torch
+    from test_train import make_fsdd_dataset
+    from transformers import pipeline
+
+    from lrl.train import load_config
+
+    torch.set_num_threads(1)
+    data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=6, n_dev=2)
+    out = tmp_path / "run"
+    r = cli("train", "run", "--data", data, "--checkpoint", "xl-tiny", "--init-head-from", "xl-tiny", "--out", out,
+            "--max-steps", "3", "--max-seconds", "4", "--set", "eval.eval_steps=3", "--set", "threads=1")
+    assert r.exit_code == 0, r.output
+    cfg = load_config(out / "train_config.yaml")
+    assert cfg.model.checkpoint == cfg.model.init_head_from == str(SHIPPED["xl-tiny"])  # recorded as resolved
+    asr = pipeline("automatic-speech-recognition", model=str(out))
+    assert isinstance(asr(np.zeros(16000, np.float32))["text"], str)
