@@ -200,6 +200,17 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
         lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {lmr.get('wer', float('nan')):.1%} | "
                      f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {wall.get(arm, 0) / 60:.1f} |")
     lines += ["", *[f"- {n}" for n in notes]]
+    cache = {}
+    for arm in sorted(results):  # lrl.featcache is on by default where it is exact: say where it ran
+        cfg_file = WORK / arm / "model" / "train_config.yaml"
+        if cfg_file.is_file():
+            import yaml
+
+            note = (yaml.safe_load(cfg_file.read_text()).get("resolved") or {}).get("feature_cache", "")
+            cache[arm] = "on" if note and not str(note).startswith("off") else "off"
+    if cache:
+        lines.append("- conv feature cache (lrl.featcache, default on where exact): "
+                     + ", ".join(f"{a} {v}" for a, v in cache.items()))
     png = plot_curves(results)
     if png:
         lines += ["", f"![dev CER during training]({png.relative_to(ROOT / 'bench')})"]
