@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -86,7 +87,10 @@ def main() -> None:
     ap.add_argument("--pretrain-share", type=float, default=0.4, help="share of arm b's budget spent pretraining")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets: checks the pipeline, measures nothing")
     ap.add_argument("--arms", default="abcde")
+    ap.add_argument("--report", action="store_true", help="run nothing: rewrite the table from WORK/state.json")
     args = ap.parse_args()
+    if args.report:
+        args.arms = ""
     if args.smoke:
         args.minutes = 1.5
     WORK.mkdir(parents=True, exist_ok=True)
@@ -107,9 +111,10 @@ def main() -> None:
     wall: dict[str, float] = state.setdefault("wall", {})
     starts: dict[str, list] = state.setdefault("starts", {})  # arm -> [start checkpoint, its recipe]
     notes: list[str] = state.setdefault("notes", [])
-    for arm in args.arms:  # rerun arms lose their old results and notes
+    for arm in args.arms:  # rerun arms lose their old results, notes and run directories
         results.pop(arm, None)
         notes[:] = [n for n in notes if not n.startswith(f"{arm}:")]
+        shutil.rmtree(WORK / arm, ignore_errors=True)
     budget = args.minutes
     grid = SMOKE_GRID if args.smoke else GRID
 
@@ -166,6 +171,30 @@ def main() -> None:
             wall[arm] = run(train_cmd(data, start, d / "model", budget, extra), d / "train.log")
             results[arm] = evaluate_arm(d / "model", data, lm, d, grid)
             write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
+    if results:
+        write_table(results, wall, notes, starts, args)
+
+
+def findings(results: dict) -> list[str]:
+    """What the table says, computed from it (test CER greedy; LM gain on WER), whichever way it came out."""
+    cer = {a: r["greedy"]["cer"] for a, r in results.items()}
+    out = []
+
+    def compare(x: str, y: str, what: str) -> None:
+        if x in cer and y in cer:
+            verdict = "helped" if cer[x] < cer[y] - 0.01 else "hurt" if cer[x] > cer[y] + 0.01 else "made no clear difference"
+            out.append(f"- {what} {verdict}: test CER {cer[x]:.1%} ({x}) vs {cer[y]:.1%} ({y}).")
+
+    compare("b", "a", "Self-supervised pretraining (inside the same budget)")
+    compare("c", "a", "The cross-lingual start")
+    compare("d", "c", "Layer-wise LR + progressive unfreezing + light augmentation")
+    compare("c", "e", "lrl's fine-tuning recipe, against HF's example defaults from the same start,")
+    gains = {a: (r["greedy"]["wer"] - r["lm"]["wer"]) / r["greedy"]["wer"]
+             for a, r in results.items() if r.get("lm") and r["greedy"]["wer"]}
+    if gains:
+        out.append("- The LM lowers WER in " + f"{sum(g > 0 for g in gains.values())} of {len(gains)} arms "
+                   + f"(relative gain {min(gains.values()):+.1%} to {max(gains.values()):+.1%}).")
+    return out
 
 
 def last_dev_cer(model: Path) -> float:
@@ -199,7 +228,7 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
         gain = (g["wer"] - lmr["wer"]) / g["wer"] if lmr and g["wer"] else float("nan")
         lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {lmr.get('wer', float('nan')):.1%} | "
                      f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {wall.get(arm, 0) / 60:.1f} |")
-    lines += ["", *[f"- {n}" for n in notes]]
+    lines += ["", *findings(results), *[f"- {n}" for n in notes]]
     cache = {}
     for arm in sorted(results):  # lrl.featcache is on by default where it is exact: say where it ran
         cfg_file = WORK / arm / "model" / "train_config.yaml"
