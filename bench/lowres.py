@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
             import yaml
 
             note = (yaml.safe_load(cfg_file.read_text()).get("resolved") or {}).get("feature_cache", "")
-            cache[arm] = "on" if note and not str(note).startswith("off") else "off"
+            cache[arm] = "on" if re.match(r"\d+ clips,", str(note)) else "off"  # else: the reason it was off
     if cache:
         lines.append("- conv feature cache (lrl.featcache, default on where exact): "
                      + ", ".join(f"{a} {v}" for a, v in cache.items()))

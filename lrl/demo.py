@@ -75,7 +75,7 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
         say(f"[{i}/{len(stages)}] {name} done in {res.stage_seconds[name]:.0f} s")
 
     corpus, data_dir = out / "corpus", out / "data"
-    ssl_dir, model_dir, lm_dir = out / "pretrained", out / "model", out / "lm"
+    ssl_dir, model_dir, lm_dir = out / f"pretrained-{config.start}", out / "model", out / "lm"
 
     with stage("corpus"):
         if not (corpus / "test.tsv").is_file():

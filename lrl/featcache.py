@@ -1,7 +1,7 @@
 """The frozen conv front end's output, computed once per training clip and reused every epoch.
 
 While the feature encoder is frozen and the waveform is not augmented, its output for a clip never
-changes, yet on small models it is a large share of every step (38% for `tiny_config("small")` on CPU,
+changes (with the layer-normed front end of XLS-R/MMS; group norm depends on the batch's padding), yet on small models it is a large share of every step (38% for `tiny_config("small")` on CPU,
 bench/train.py). SpecAugment acts after it (on the projected features), so masking is unchanged; the
 conv stack has no dropout, so training mode gives the same features as evaluation mode."""
 
@@ -34,8 +34,12 @@ class FeatureCache:
 
 
 def cache_blocker(freeze_feature_encoder: bool, unfreeze_conv_at: int, augment: str, world_size: int,
-                  planned_epochs: float | None) -> str | None:
+                  planned_epochs: float | None, feat_extract_norm: str = "layer", n_gpu: int = 0) -> str | None:
     """Why the front end's output cannot (or should not) be cached in this run, or None when it can."""
+    if feat_extract_norm != "layer":
+        # group norm (wav2vec2-base) normalises each channel over the padded batch: a clip's features
+        # depend on the batch it is in, so cached ones would differ from the ones training computes
+        return f"the conv front end uses feat_extract_norm={feat_extract_norm!r}, which depends on batch padding"
     if not freeze_feature_encoder:
         return "the feature encoder trains (freeze.freeze_feature_encoder=false)"
     if unfreeze_conv_at >= 0:
@@ -44,6 +48,8 @@ def cache_blocker(freeze_feature_encoder: bool, unfreeze_conv_at: int, augment: 
         return f"waveform augmentation ({augment!r}) changes the input every epoch"
     if world_size > 1:
         return f"{world_size} processes would each build the whole cache"
+    if n_gpu > 1:
+        return f"DataParallel over {n_gpu} GPUs replicates the module the cache bypasses"
     if planned_epochs is not None and planned_epochs < MIN_EPOCHS:
         return f"the run is planned for {planned_epochs:.1f} epochs; the cache pays off from about {MIN_EPOCHS:g}"
     return None
@@ -63,6 +69,7 @@ def build_feature_cache(model, dataset, durations: list[float], collate, max_sec
 
     t0 = time.perf_counter()
     fe = model.wav2vec2.feature_extractor
+    device = next(model.parameters()).device
     order = np.argsort(np.asarray(durations), kind="stable")
     feats: list[np.ndarray | None] = [None] * len(order)
     samples = np.zeros(len(order), dtype=np.int64)
@@ -71,9 +78,9 @@ def build_feature_cache(model, dataset, durations: list[float], collate, max_sec
     def flush() -> None:
         enc = collate([dataset[int(i)] for i in batch])
         lengths = enc["attention_mask"].sum(-1)
-        frames = model.wav2vec2._get_feat_extract_output_lengths(lengths)
+        frames = model.wav2vec2._get_feat_extract_output_lengths(lengths, add_adapter=False)  # the conv stack's own
         with torch.no_grad():
-            out = fe(enc["input_values"]).float()
+            out = fe(enc["input_values"].to(device)).float().cpu()
         for b, i in enumerate(batch):
             feats[i] = out[b, :, : int(frames[b])].numpy().copy()
             samples[i] = int(lengths[b])

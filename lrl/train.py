@@ -649,8 +649,11 @@ def _feature_cache_blocker(cfg: TrainConfig, model_config, durations: list[float
         epochs = cfg.optim.max_steps * cfg.optim.grad_accum * min(cfg.batching.max_seconds, total) / max(total, 1e-9)
     elif cfg.optim.epochs:
         epochs = float(cfg.optim.epochs)
+    import torch
+
     blocker = featcache.cache_blocker(cfg.freeze.freeze_feature_encoder, cfg.freeze.unfreeze_conv_at,
-                                      cfg.data.augment, world, epochs)
+                                      cfg.data.augment, world, epochs, model_config.feat_extract_norm,
+                                      torch.cuda.device_count())
     need = featcache.estimate_bytes(model_config, int(total * SAMPLE_RATE))
     if blocker is None and need > cfg.data.cache_max_gb * 2**30:
         blocker = f"it would take {need / 2**30:.1f} GiB (data.cache_max_gb={cfg.data.cache_max_gb:g})"
@@ -671,14 +674,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise LrlError("no starting checkpoint: set model.checkpoint (--checkpoint HUB_ID_OR_DIR); `lrl train init-tiny` writes a small one")
     if not cfg.output_dir:
         raise LrlError("no output directory: set output_dir (--out DIR)")
-    from lrl.start import resolve_checkpoint
-
-    # shipped starts by name (`xl-tiny`) become their directories; the saved config records the directory
-    model_cfg = dataclasses.replace(
-        cfg.model, checkpoint=resolve_checkpoint(cfg.model.checkpoint),
-        init_head_from=resolve_checkpoint(cfg.model.init_head_from) if cfg.model.init_head_from else "",
-    )
-    cfg = dataclasses.replace(cfg, model=model_cfg)
     out = Path(cfg.output_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -739,7 +734,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.data.cache_features:
         cache_note = _feature_cache_blocker(cfg, model.config, durations, world)
         if cache_note is None:
-            cache = featcache.build_feature_cache(model, train_ds, durations, eval_collator)
+            device = "cuda" if torch.cuda.is_available() else "cpu"  # the Trainer moves it there anyway
+            cache = featcache.build_feature_cache(model.to(device), train_ds, durations, eval_collator)
             collator = featcache.CachedFeatureCollator(cache, eval_collator)
             rows = dsd[cfg.data.train_split].select_columns(["text"])
             train_ds = rows.add_column("row", np.arange(len(rows))).with_format("numpy")
@@ -792,18 +788,18 @@ def train(cfg: TrainConfig) -> TrainResult:
         processing_class=processor, compute_metrics=make_compute_metrics(tokenizer) if has_eval else None,
         preprocess_logits_for_metrics=_argmax_logits, callbacks=callbacks, lrl_config=cfg, durations=durations,
     )
-    if has_eval:
-        # evaluation batches need no augmentation: Trainer uses data_collator for both, so swap it per call
-        _orig_eval_loader = trainer.get_eval_dataloader
+    # evaluation (dev during training, test at the end even without a dev split) needs neither augmentation
+    # nor the conv cache: Trainer uses data_collator for both, so swap it per call
+    _orig_eval_loader = trainer.get_eval_dataloader
 
-        def _eval_loader(eval_dataset=None):
-            trainer.data_collator = eval_collator
-            try:
-                return _orig_eval_loader(eval_dataset)
-            finally:
-                trainer.data_collator = collator
+    def _eval_loader(eval_dataset=None):
+        trainer.data_collator = eval_collator
+        try:
+            return _orig_eval_loader(eval_dataset)
+        finally:
+            trainer.data_collator = collator
 
-        trainer.get_eval_dataloader = _eval_loader
+    trainer.get_eval_dataloader = _eval_loader
     if args.process_index == 0:
         save_config(cfg, out, {"vocab_size": len(tokenizer), "train_clips": len(durations),
                                "train_hours": round(sum(durations) / 3600, 4), "world_size": world,

@@ -89,6 +89,6 @@ def test_fine_tuning_starts_from_the_shipped_start_by_name(tmp_path, shared_data
             "--max-steps", "3", "--max-seconds", "4", "--set", "eval.eval_steps=3", "--set", "threads=1")
     assert r.exit_code == 0, r.output
     cfg = load_config(out / "train_config.yaml")
-    assert cfg.model.checkpoint == cfg.model.init_head_from == str(SHIPPED["xl-tiny"])  # recorded as resolved
+    assert cfg.model.checkpoint == cfg.model.init_head_from == "xl-tiny"  # the name: portable across installs
     asr = pipeline("automatic-speech-recognition", model=str(out))
     assert isinstance(asr(np.zeros(16000, np.float32))["text"], str)
