@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,11 +13,13 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = "# Benchmark results\n\nEach section is written by `bench/<name>.py`; ratios are measured side by side in one run.\n"
 
 
-def update_section(name: str, markdown: str) -> Path:
-    """Replace the `<!-- bench:name -->` section of RESULTS.md with `markdown` (appended if new)."""
+def update_section(name: str, markdown: str, command: str | None = None) -> Path:
+    """Replace the `<!-- bench:name -->` section of RESULTS.md with `markdown` (appended if new);
+    `command` (default: this process's arguments) is recorded as the one that produced it."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"{start}\n## {name}\n\n_run {stamp}, `python bench/{name}.py`_\n\n{markdown.strip()}\n{end}"
+    command = command or " ".join(["python", f"bench/{name}.py", *sys.argv[1:]])
+    block = f"{start}\n## {name}\n\n_run {stamp}, `{command}`_\n\n{markdown.strip()}\n{end}"
     with open(RESULTS.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else HEADER

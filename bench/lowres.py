@@ -188,7 +188,8 @@ def findings(results: dict) -> list[str]:
 
     compare("b", "a", "Self-supervised pretraining (inside the same budget)")
     compare("c", "a", "The cross-lingual start")
-    compare("d", "c", "Layer-wise LR + progressive unfreezing + light augmentation")
+    compare("d", "c", "Layer-wise LR + progressive unfreezing + light augmentation (augmentation also turns the "
+                      "conv cache off: see the updates column)")
     compare("c", "e", "lrl's fine-tuning recipe, against HF's example defaults from the same start,")
     gains = {a: (r["greedy"]["wer"] - r["lm"]["wer"]) / r["greedy"]["wer"]
              for a, r in results.items() if r.get("lm") and r["greedy"]["wer"]}
@@ -196,6 +197,12 @@ def findings(results: dict) -> list[str]:
         out.append("- The LM lowers WER in " + f"{sum(g > 0 for g in gains.values())} of {len(gains)} arms "
                    + f"(relative gain {min(gains.values()):+.1%} to {max(gains.values()):+.1%}).")
     return out
+
+
+def updates(arm: str) -> str:
+    path = WORK / arm / "model" / "metrics.csv"
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    return str(max(int(r["step"]) for r in rows)) if rows else "?"
 
 
 def last_dev_cer(model: Path) -> float:
@@ -221,14 +228,14 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
         f"{args.minutes:g} wall-clock minutes per arm{' (SMOKE RUN: pipeline check only)' if args.smoke else ''}; "
         "LM: KenLM 3-gram from lm-text/yo.txt minus dev/test sentences, alpha/beta tuned on dev.",
         "",
-        "| arm | greedy WER | greedy CER | LM WER | LM CER | rel. WER gain from LM | wall min |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | greedy WER | greedy CER | LM WER | LM CER | rel. WER gain from LM | fine-tuning updates | wall min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for arm, r in sorted(results.items()):
         g, lmr = r["greedy"], r.get("lm") or {}
         gain = (g["wer"] - lmr["wer"]) / g["wer"] if lmr and g["wer"] else float("nan")
         lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {lmr.get('wer', float('nan')):.1%} | "
-                     f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {wall.get(arm, 0) / 60:.1f} |")
+                     f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {updates(arm)} | {wall.get(arm, 0) / 60:.1f} |")
     lines += ["", *findings(results), *[f"- {n}" for n in notes]]
     cache = {}
     for arm in sorted(results):  # lrl.featcache is on by default where it is exact: say where it ran
@@ -244,7 +251,8 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
     png = plot_curves(results)
     if png:
         lines += ["", f"![dev CER during training]({png.relative_to(ROOT / 'bench')})"]
-    update_section("lowres", "\n".join(lines))
+    update_section("lowres", "\n".join(lines), f"python bench/lowres.py --minutes {args.minutes:g}"
+                   + (" --smoke" if args.smoke else ""))
     print("\n".join(lines))
 
 
