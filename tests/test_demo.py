@@ -23,7 +23,7 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path, cli, start, pretra
     r = cli("demo", "--out", tmp_path / "d", "--train-steps", "10", "--pretrain-steps", pretrain_steps,
             "--n-train", "40", "--start", start)
     assert r.exit_code == 0, r.output
-    assert ("skipped" in r.output) == (pretrain_steps == "0")
+    assert ("skipped (--pretrain-steps N" in r.output) == (pretrain_steps == "0")
     assert "| greedy |" in r.output and "| LM beam |" in r.output
     summary = json.loads((tmp_path / "d" / "demo_summary.json").read_text())
     assert set(summary["stage_seconds"]) == {"corpus", "data", "augment", "pretrain", "train", "lm", "tune", "evaluate"}
