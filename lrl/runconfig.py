@@ -1,0 +1,309 @@
+"""A training run's configuration: one frozen dataclass per section ([data] [model] [optim] [batching]
+[freeze] [eval] + top-level fields), read from TOML/YAML with `--set key=value` overrides, validated in
+one place, and saved into the output directory with the resolved values (`train_config.yaml`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lrl.batching import BatchingConfig
+from lrl.io import LrlError, atomic_write_text
+from lrl.schedule import FreezeConfig, LayerwiseLrConfig
+
+CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
+_SPEC_CHOICES = ("auto", "checkpoint", "none", "hf-default", "10min", "low-resource", "medium")
+
+
+# -- sections -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, and how it is fed."""
+
+    path: str = ""  # a prepared dataset directory (`lrl data prepare`), with DIR/vocab
+    train_split: str = "train"  # split trained on
+    eval_split: str = "dev"  # split evaluated every `eval_steps` ("" = no evaluation)
+    test_split: str = "test"  # split evaluated once at the end if present ("" = none)
+    max_eval_clips: int = 0  # evaluate on at most this many dev clips (0 = all)
+    augment: str = "none"  # waveform augmentation preset of lrl.augment: none, light, strong
+    num_workers: int = 0  # dataloader worker processes (each gets its own augmentation stream)
+    cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.featcache)
+    cache_max_gb: float = 4.0  # no cache when it would take more memory than this (GiB)
+
+    def __post_init__(self) -> None:
+        if self.cache_max_gb < 0:
+            raise ValueError(f"data.cache_max_gb must be >= 0 (GiB), got {self.cache_max_gb}")
+        if not self.train_split:
+            raise ValueError("data.train_split must name a split, got ''")
+        if self.max_eval_clips < 0:
+            raise ValueError(f"data.max_eval_clips must be >= 0 (0 = all), got {self.max_eval_clips}")
+        if self.augment not in ("none", "light", "strong"):
+            raise ValueError(f"data.augment must be none, light or strong, got {self.augment!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The starting checkpoint and what changes in it."""
+
+    checkpoint: str = ""  # hub id or local directory (Wav2Vec2ForPreTraining / Wav2Vec2Model / Wav2Vec2ForCTC)
+    allow_pickle: bool = False  # also load pytorch_model.bin (pickle can run code: trusted sources only)
+    init_head_from: str = ""  # a fine-tuned CTC model dir whose head rows for shared characters are copied
+    adapter_lang: str = ""  # MMS adapter mode: train only attention adapters + head, save adapter.<lang>.safetensors
+    adapter_attn_dim: int = 16  # adapter bottleneck width in adapter mode
+    spec_augment: str = "auto"  # SpecAugment preset of lrl.augment (auto = by hours of labelled data; "checkpoint" = as saved)
+    layerdrop: float = 0.0  # probability of skipping a Transformer layer per step
+    hidden_dropout: float = 0.0  # dropout in the Transformer
+    final_dropout: float = 0.0  # dropout before the CTC head
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+
+    def __post_init__(self) -> None:
+        for f in ("layerdrop", "hidden_dropout", "final_dropout"):
+            v = getattr(self, f)
+            if not 0 <= v < 1:
+                raise ValueError(f"model.{f} must be in [0, 1), got {v}")
+        if self.adapter_attn_dim < 1:
+            raise ValueError(f"model.adapter_attn_dim must be >= 1, got {self.adapter_attn_dim}")
+        if self.spec_augment not in _SPEC_CHOICES:
+            raise ValueError(f"model.spec_augment must be one of {list(_SPEC_CHOICES)}, got {self.spec_augment!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.schedule.LayerwiseLrConfig)."""
+
+    lr: float = 1e-4  # peak LR of the top Transformer layer
+    layer_decay: float = 1.0  # LR factor per layer going down
+    head_lr_mult: float = 1.0  # head LR relative to `lr`
+    weight_decay: float = 0.0  # AdamW weight decay (not on norms/biases)
+    schedule: str = "cosine"  # cosine (warmup + cosine), tri_stage (fairseq), linear, constant
+    warmup_steps: int = 500  # linear warmup updates (cosine/linear/constant)
+    phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage warmup/hold/decay shares
+    max_steps: int = 2000  # optimizer updates in all (> 0), or 0 to use `epochs`
+    epochs: float = 0.0  # passes over the training split when max_steps = 0
+    grad_accum: int = 1  # batches per update
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+
+    def __post_init__(self) -> None:
+        LayerwiseLrConfig(self.lr, self.layer_decay, self.head_lr_mult, self.weight_decay)  # validates those
+        if self.schedule not in ("cosine", "tri_stage", "linear", "constant"):
+            raise ValueError(f"optim.schedule must be cosine, tri_stage, linear or constant, got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_steps < 0 or (self.max_steps == 0 and not self.epochs > 0):
+            raise ValueError(f"set optim.max_steps > 0 or optim.epochs > 0, got max_steps={self.max_steps}, epochs={self.epochs}")
+        if self.grad_accum < 1:
+            raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+        if len(self.phase_ratio) != 3 or abs(sum(self.phase_ratio) - 1) > 1e-6:
+            raise ValueError(f"optim.phase_ratio must be 3 shares summing to 1, got {self.phase_ratio}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"optim.max_grad_norm must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation, checkpoints and logging."""
+
+    eval_steps: int = 200  # evaluate on the dev split every this many updates
+    save_steps: int = 0  # checkpoint every this many updates (0 = at each evaluation)
+    save_total_limit: int = 2  # checkpoints kept, the best one always among them (0 = keep all)
+    early_stopping_patience: int = 0  # stop after this many evaluations without a better WER (0 = off)
+    logging_steps: int = 10  # log loss / LR every this many updates
+    eval_batch_size: int = 8  # clips per evaluation batch (dev is sorted by length, so little padding)
+
+    def __post_init__(self) -> None:
+        for f in ("eval_steps", "logging_steps", "eval_batch_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"eval.{f} must be >= 1, got {getattr(self, f)}")
+        for f in ("save_steps", "save_total_limit", "early_stopping_patience"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"eval.{f} must be >= 0, got {getattr(self, f)}")
+        if self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"eval.save_steps ({self.save_steps}) must be 0 or a multiple of eval.eval_steps ({self.eval_steps}) "
+                "so the best checkpoint by WER can be kept"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Sections map to the config file's tables, e.g. `run.toml`:
+
+        output_dir = "runs/yo-xlsr"
+        [data]
+        path = "runs/yo/data"
+        [model]
+        checkpoint = "facebook/wav2vec2-xls-r-300m"
+        [optim]
+        lr = 3e-4
+        layer_decay = 0.9
+        head_lr_mult = 10
+        max_steps = 4000
+        [freeze]
+        freeze_encoder_steps = 500
+        unfreeze_layers = 4
+        unfreeze_every = 200
+
+    then `lrl train run -c run.toml --set optim.lr=1e-4`; the resolved config lands in
+    output_dir/train_config.yaml, which loads back with `-c`."""
+
+    output_dir: str = ""  # where the model, checkpoints, logs and card go
+    seed: int = 0  # model init, shuffling, augmentation
+    precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
+    resume: bool = False  # continue from the last checkpoint in output_dir
+    threads: int = 0  # torch CPU threads per process (0 = torch's default; 1 is often faster for tiny models on busy cores)
+    max_minutes: float = 0.0  # wall-clock training budget (0 = none): training stops when it is spent, and the
+    # LR schedule's horizon is re-fitted to the updates that fit, so the LR still decays (cosine/linear)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.model.adapter_lang and not self.freeze.adapters:
+            object.__setattr__(self, "freeze", dataclasses.replace(self.freeze, adapters=True))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return _build(cls, data, "")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with dotted keys set ("optim.lr": 1e-3, "output_dir": ...)."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            parts = key.split(".")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node.get(p), dict):
+                    raise ValueError(f"unknown config section {p!r} in {key!r}; sections: {_sections()}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise ValueError(f"unknown config key {key!r}; {'.'.join(parts[:-1]) or 'top level'} has {sorted(node)}")
+            node[parts[-1]] = value
+        return TrainConfig.from_dict(d)
+
+
+def _sections() -> list[str]:
+    return ["data", "model", "optim", "freeze", "batching", "eval"]
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix or 'top level'} must be a table, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; {prefix or 'top level'} has {sorted(known)}")
+    kw = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default
+        if dataclasses.is_dataclass(default):
+            kw[name] = _build(type(default), value, f"{prefix}{name}.")
+        else:
+            kw[name] = _coerce(value, default, prefix + name)
+    return cls(**kw)
+
+
+def _coerce(value, default, key: str):
+    """Values from TOML/YAML/CLI strings into the type of the field's default."""
+    if isinstance(value, str) and not isinstance(default, str):
+        try:
+            value = json.loads(value) if not (isinstance(default, bool) and value.lower() in ("true", "false")) else value.lower() == "true"
+        except json.JSONDecodeError as e:
+            kind = {bool: "true or false", int: "an integer", float: "a number", tuple: "a list"}.get(type(default), "a value")
+            raise ValueError(f"{key}: expected {kind}, got {value!r}") from e
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return tuple(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from a TOML (.toml) or YAML (.yaml/.yml) file, then `overrides` (dotted keys)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LrlError(f"{path}: no such config file")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            elif path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                raise LrlError(f"{path}: expected a .toml, .yaml or .yml config file")
+        except LrlError:
+            raise
+        except Exception as e:
+            raise LrlError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
+    if isinstance(data, dict):
+        data.pop("resolved", None)  # what a run measured (train_config.yaml of an output dir): informational
+    cfg = TrainConfig.from_dict(data)
+    return cfg.with_overrides(overrides or {}) if overrides else cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`key=value` strings (from `--set`) into a dict; values are coerced by the field's type later."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value (e.g. optim.lr=3e-4), got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def save_config(cfg: TrainConfig, directory: Path, extra: dict | None = None) -> Path:
+    import yaml
+
+    d = cfg.to_dict()
+    if extra:
+        d["resolved"] = extra
+    path = directory / CONFIG_FILE
+    atomic_write_text(path, yaml.safe_dump(_plain(d), sort_keys=False, allow_unicode=True))
+    return path
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
