@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared/data, a seeded RNG, a CLI runner."""
+"""Shared fixtures: paths to ../shared/data, a seeded RNG, a CLI runner, one torch thread, a tiny checkpoint."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread when the cores are shared (OpenMP spin-waits); restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A randomly initialised `test`-size Wav2Vec2ForPreTraining checkpoint directory."""
+    from lrl.model import init_tiny
+
+    return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")

@@ -1,5 +1,5 @@
 """Tiny corpora built in tmp_path from real clips of ../shared/data: a Common Voice folder with planted
-faults (and the outcome each row must have), a plain CV copy of N yo-cv clips, and an FSDD manifest."""
+faults (and the outcome each row must have), a plain CV copy of N yo-cv clips, an FSDD manifest, and a prepared FSDD dataset (the data contract)."""
 
 from __future__ import annotations
 
@@ -112,3 +112,45 @@ def fsdd_manifest(fsdd: Path, dst: Path, n: int, suffix: str = ".tsv") -> Path:
     else:
         path.write_text("path\ttext\tspeaker\tsplit\n" + "".join("\t".join(o.values()) + "\n" for o in out), encoding="utf-8")
     return path
+
+
+def make_fsdd_dataset(fsdd: Path, out: Path, n_train: int, n_dev: int, n_test: int = 0) -> Path:
+    """A DatasetDict saved as `lrl data prepare` does (id, audio 16 kHz float32 list, text, sentence,
+    duration, speaker) with DIR/vocab, from the spoken-digit recordings."""
+    import datasets
+    import soundfile as sf
+    import soxr
+
+    from lrl.text import NormalizerConfig
+    from lrl.vocab import Vocab
+
+    rows = [line.split("\t") for line in (fsdd / "metadata.tsv").read_text().splitlines()[1:] if line.strip()]
+    train = [r for r in rows if r[3] == "train"]
+    test = [r for r in rows if r[3] == "test"]
+    pick_train = train[:: max(1, len(train) // n_train)][:n_train]
+    held = test[:: max(1, len(test) // (n_dev + n_test))][: n_dev + n_test]
+    features = datasets.Features({
+        "id": datasets.Value("string"), "audio": datasets.List(datasets.Value("float32")),
+        "text": datasets.Value("string"), "sentence": datasets.Value("string"),
+        "duration": datasets.Value("float64"), "speaker": datasets.Value("string"),
+    })
+
+    def build(rs):
+        d = {k: [] for k in features}
+        for path, sentence, speaker, _ in rs:
+            x, sr = sf.read(fsdd / path, dtype="float32")
+            x = soxr.resample(x, sr, 16000).astype(np.float32)
+            d["id"].append(path)
+            d["audio"].append(x)
+            d["text"].append(sentence)
+            d["sentence"].append(sentence)
+            d["duration"].append(len(x) / 16000)
+            d["speaker"].append(speaker)
+        return datasets.Dataset.from_dict(d, features=features)
+
+    splits = {"train": build(pick_train), "dev": build(held[:n_dev])}
+    if n_test:
+        splits["test"] = build(held[n_dev:])
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    Vocab.from_chars("".join(r[1] for r in rows), NormalizerConfig()).save(out / "vocab")
+    return out

@@ -9,25 +9,12 @@ from lrl.featcache import (
     cached_front_end,
     estimate_bytes,
 )
-from lrl.model import init_tiny, load_for_ctc
+from lrl.model import load_for_ctc
 from lrl.text import NormalizerConfig
 from lrl.train import CTCCollator, TrainConfig, train
 from lrl.vocab import Vocab
 
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(rng, n=5):
@@ -37,13 +24,13 @@ def _rows(rng, n=5):
             for i, d in enumerate(rng.uniform(0.4, 1.6, n))]
 
 
-def test_cached_features_give_the_same_loss_and_gradients_as_waveforms(ckpt, rng):
+def test_cached_features_give_the_same_loss_and_gradients_as_waveforms(tiny_ckpt, rng):
     import torch
 
     rows = _rows(rng)
     vocab = Vocab.from_chars("onetwhrfuiv", NormalizerConfig())
     base = CTCCollator(vocab)
-    model = load_for_ctc(ckpt, len(vocab), mask_time_prob=0.5, mask_time_length=2)  # SpecAugment on: masks must match
+    model = load_for_ctc(tiny_ckpt, len(vocab), mask_time_prob=0.5, mask_time_length=2)  # SpecAugment on: masks must match
     model.freeze_feature_encoder()
     model.train()
     cache = build_feature_cache(model, rows, [len(r["audio"]) / 16000 for r in rows], base, max_seconds=2.5)
@@ -86,19 +73,19 @@ def test_cache_is_refused_when_it_would_be_wrong_or_not_pay(kw, match):
     assert match in cache_blocker(**{**args, **kw})
 
 
-def test_estimate_matches_a_built_cache(ckpt, rng):
+def test_estimate_matches_a_built_cache(tiny_ckpt, rng):
     rows = _rows(rng, 3)
     vocab = Vocab.from_chars("onetwhrfuiv", NormalizerConfig())
-    model = load_for_ctc(ckpt, len(vocab))
+    model = load_for_ctc(tiny_ckpt, len(vocab))
     cache = build_feature_cache(model, rows, [len(r["audio"]) / 16000 for r in rows], CTCCollator(vocab))
     est = estimate_bytes(model.config, sum(len(r["audio"]) for r in rows))
     assert abs(est - cache.nbytes) <= 4 * model.config.conv_dim[-1] * 3 * 2  # a frame or two per clip of rounding
 
 
-def test_training_with_and_without_the_cache_ends_at_the_same_weights(ckpt, tmp_path, shared_data):
+def test_training_with_and_without_the_cache_ends_at_the_same_weights(tiny_ckpt, tmp_path, shared_data):
     import torch
+    from corpus_fixtures import make_fsdd_dataset
     from safetensors.torch import load_file
-    from test_train import make_fsdd_dataset
 
     data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=8, n_dev=2, n_test=2)
     runs = {}
@@ -107,7 +94,7 @@ def test_training_with_and_without_the_cache_ends_at_the_same_weights(ckpt, tmp_
             "output_dir": str(tmp_path / f"run-{cache}"), "threads": 1,
             # no dev split: the final test evaluation must still get waveforms, not the cached collator
             "data": {"path": str(data), "cache_features": cache, "eval_split": "", "test_split": "test"},
-            "model": {"checkpoint": str(ckpt), "spec_augment": "none"},
+            "model": {"checkpoint": str(tiny_ckpt), "spec_augment": "none"},
             "optim": {"max_steps": 6, "lr": 1e-3, "warmup_steps": 1},
             "batching": {"max_seconds": 3.0},
             "eval": {"save_total_limit": 1, "logging_steps": 1},
@@ -121,5 +108,5 @@ def test_training_with_and_without_the_cache_ends_at_the_same_weights(ckpt, tmp_
     for k in runs[True]:
         a, b = runs[True][k], runs[False][k]
         assert (a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-7, k
-    assert any(not torch.equal(runs[True][k], load_file(str(ckpt / "model.safetensors")).get(k, runs[True][k]))
+    assert any(not torch.equal(runs[True][k], load_file(str(tiny_ckpt / "model.safetensors")).get(k, runs[True][k]))
                for k in runs[True] if k.startswith("wav2vec2.encoder"))  # training did move the weights

@@ -74,15 +74,13 @@ def test_cli_rejects_malformed_lang(cli, tmp_path):
     assert r.exit_code != 0 and "no such sentence file" in r.output
 
 
-def test_fine_tuning_starts_from_the_shipped_start_by_name(tmp_path, shared_data, cli):
+def test_fine_tuning_starts_from_the_shipped_start_by_name(tmp_path, shared_data, cli, one_thread):
     import numpy as np
-    import torch
-    from test_train import make_fsdd_dataset
+    from corpus_fixtures import make_fsdd_dataset
     from transformers import pipeline
 
     from lrl.train import load_config
 
-    torch.set_num_threads(1)
     data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=6, n_dev=2)
     out = tmp_path / "run"
     r = cli("train", "run", "--data", data, "--checkpoint", "xl-tiny", "--init-head-from", "xl-tiny", "--out", out,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus_fixtures import make_fsdd_dataset
 
 from lrl.model import init_tiny, load_for_ctc, transfer_head
 from lrl.train import (
@@ -25,48 +26,6 @@ LRL = str(ROOT / ".venv" / "bin" / "lrl")
 
 
 # -- fixtures: a tiny prepared dataset (the data contract) from real FSDD clips --------------------------
-def make_fsdd_dataset(fsdd: Path, out: Path, n_train: int, n_dev: int, n_test: int = 0) -> Path:
-    """A DatasetDict saved as `lrl data prepare` does (id, audio 16 kHz float32 list, text, sentence,
-    duration, speaker) with DIR/vocab, from the spoken-digit recordings."""
-    import datasets
-    import soundfile as sf
-    import soxr
-
-    from lrl.text import NormalizerConfig
-    from lrl.vocab import Vocab
-
-    rows = [line.split("\t") for line in (fsdd / "metadata.tsv").read_text().splitlines()[1:] if line.strip()]
-    train = [r for r in rows if r[3] == "train"]
-    test = [r for r in rows if r[3] == "test"]
-    pick_train = train[:: max(1, len(train) // n_train)][:n_train]
-    held = test[:: max(1, len(test) // (n_dev + n_test))][: n_dev + n_test]
-    features = datasets.Features({
-        "id": datasets.Value("string"), "audio": datasets.List(datasets.Value("float32")),
-        "text": datasets.Value("string"), "sentence": datasets.Value("string"),
-        "duration": datasets.Value("float64"), "speaker": datasets.Value("string"),
-    })
-
-    def build(rs):
-        d = {k: [] for k in features}
-        for path, sentence, speaker, _ in rs:
-            x, sr = sf.read(fsdd / path, dtype="float32")
-            x = soxr.resample(x, sr, 16000).astype(np.float32)
-            d["id"].append(path)
-            d["audio"].append(x)
-            d["text"].append(sentence)
-            d["sentence"].append(sentence)
-            d["duration"].append(len(x) / 16000)
-            d["speaker"].append(speaker)
-        return datasets.Dataset.from_dict(d, features=features)
-
-    splits = {"train": build(pick_train), "dev": build(held[:n_dev])}
-    if n_test:
-        splits["test"] = build(held[n_dev:])
-    datasets.DatasetDict(splits).save_to_disk(str(out))
-    Vocab.from_chars("".join(r[1] for r in rows), NormalizerConfig()).save(out / "vocab")
-    return out
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     from conftest import SHARED_DATA
@@ -77,20 +36,7 @@ def tiny_data(tmp_path_factory):
     return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=24, n_dev=6, n_test=4)
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread when the cores are shared (OpenMP spin-waits)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vocab(tiny_data):
