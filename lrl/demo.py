@@ -105,8 +105,9 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
     # languages; its head rows for shared characters are copied), or a random tiny model
     head_from = ""
     if config.start == "xl-tiny":
-        start, head_from, recipe = resolve_checkpoint("xl-tiny"), resolve_checkpoint("xl-tiny"), FINETUNE_RECIPE
-        res.artefacts["starting checkpoint (cross-lingual, shipped)"] = start
+        start = head_from = "xl-tiny"  # by name: every loader resolves it, and the saved config stays portable
+        recipe = FINETUNE_RECIPE
+        res.artefacts["starting checkpoint (cross-lingual, shipped)"] = resolve_checkpoint(start)
     else:
         start, recipe = str(out / "init"), SCRATCH_RECIPE
         if not (out / "init" / "model.safetensors").is_file():
