@@ -364,8 +364,8 @@ def _feature_cache_blocker(cfg: TrainConfig, model_config, durations: list[float
     """Why this run cannot use lrl.featcache (or should not: too short, too big), or None."""
     total = sum(durations)
     epochs = None
-    if cfg.optim.max_steps > 0:  # updates x the batch's audio budget, over the training audio
-        epochs = cfg.optim.max_steps * cfg.optim.grad_accum * min(cfg.batching.max_seconds, total) / max(total, 1e-9)
+    if cfg.optim.max_steps > 0:  # batches the updates take, over the batches one epoch packs into
+        epochs = cfg.optim.max_steps * cfg.optim.grad_accum / max(1, estimate_steps_per_epoch(durations, cfg.batching))
     elif cfg.optim.epochs:
         epochs = float(cfg.optim.epochs)
     import torch
