@@ -423,7 +423,7 @@ def lm_build(
     order: Annotated[int, typer.Option("--order", "-n", help="N-gram order (2..6).")] = 3,
     exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
     heldout: Annotated[list[Path] | None, typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
-    oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: drop, or strip-marks (remove unknown combining marks, then drop).")] = LMOOVOpt.drop,
+    oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: strip-marks (remove combining marks the vocabulary lacks, then drop what is still outside), or drop.")] = LMOOVOpt.strip_marks,
     memory: Annotated[str, typer.Option("--memory", "-S", help="lmplz -S sorting memory: a percentage of RAM or a size (2G).")] = "10%",
     prune: Annotated[str | None, typer.Option(help="lmplz --prune thresholds per order, comma-separated, e.g. 0,0,1.")] = None,
     discount_fallback: Annotated[bool, typer.Option(help="lmplz --discount_fallback (needed for small corpora).")] = True,
@@ -614,8 +614,7 @@ class DemoStart(str, Enum):
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
-    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 1500,
-    train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 5.0,
+    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates (a fixed count: a busy machine takes longer, with the same result).", min=1)] = 1500,
     start: Annotated[DemoStart, typer.Option(help="xl-tiny: the shipped cross-lingual start (head rows transferred); scratch: a random tiny model.")] = DemoStart.xl_tiny,
     pretrain_steps: Annotated[int, typer.Option(help="Self-supervised updates on the training audio before fine-tuning (0 = skip).", min=0)] = 0,
     n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,
@@ -626,7 +625,7 @@ def demo(
     evaluate, then a results table."""
     from lrl.demo import DemoConfig, rerun_commands, run_demo
 
-    cfg = DemoConfig(out=str(out), train_steps=train_steps, train_minutes=train_minutes,
+    cfg = DemoConfig(out=str(out), train_steps=train_steps,
                      pretrain_steps=pretrain_steps, n_train=n_train, seed=seed, start=DemoStart(start).value)
     res = run_demo(cfg, say=typer.echo)
     typer.echo(f"\nResults on the synthesised test set ({res.n_test} sentences unseen in training and LM text):\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from lrl.io import LrlError, atomic_write_text
-from lrl.text import Normalizer, char_display
+from lrl.text import Normalizer, char_display, char_name
 from lrl.vocab import Vocab, read_transcripts
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ SPECIAL_WORDS = ("<s>", "</s>", "<unk>")
 
 BinaryType = Literal["probing", "trie", "none"]
 OOVPolicy = Literal["drop", "strip-marks"]
+OOV_POLICIES: tuple[OOVPolicy, ...] = ("drop", "strip-marks")
+# Above this share of LM sentences dropped for characters outside the vocabulary, the drop is a warning
+# (with the policy that would keep more); below it, info. A few percent of foreign names, loanwords and
+# stray symbols is normal in web/CV text; more means the text and the vocabulary disagree on a convention
+# (tone marks, apostrophes, another script) and the LM is silently built from a fraction of its text.
+OOV_WARN_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,13 @@ class LMBuildConfig:
     alpha: float = DEFAULT_ALPHA  # LM weight written to attrs.json (tune it with `lrl lm tune`)
     beta: float = DEFAULT_BETA  # word insertion bonus written to attrs.json
     unk_score_offset: float = DEFAULT_UNK_SCORE_OFFSET  # log-score offset for words outside the unigrams
-    oov: OOVPolicy = "drop"  # sentences with characters outside the vocabulary: drop them, or first strip
-    # combining marks the vocabulary lacks (tone marks a model never writes) and drop only what is still OOV
+    oov: OOVPolicy = "strip-marks"  # sentences with characters outside the vocabulary: first strip the
+    # combining marks the vocabulary lacks and drop only what is still OOV ("strip-marks"), or drop ("drop").
+    # strip-marks is the default because it only removes marks the model cannot write (the vocabulary comes
+    # from its training transcripts), and only when every base letter left is in the vocabulary: the result
+    # is the model's own spelling (yo-cv writes ọ without tone, yo.txt ọ̀), while a word that keeps the mark
+    # could never be decoded. Dropping instead lost 82% of the Yoruba LM text. What was stripped is logged
+    # and written to lm_build.json (text.stripped, text.stripped_marks); --oov drop restores dropping.
 
     def __post_init__(self) -> None:
         if not 2 <= self.order <= KENLM_MAX_ORDER:
@@ -82,7 +93,7 @@ class LMBuildConfig:
             raise ValueError(f"binary must be 'probing', 'trie' or 'none', got {self.binary!r}")
         if self.binary == "none" and not self.keep_arpa:
             raise ValueError("binary='none' needs keep_arpa=True (the ARPA file is then the model)")
-        if self.oov not in ("drop", "strip-marks"):
+        if self.oov not in OOV_POLICIES:
             raise ValueError(f"oov must be 'drop' or 'strip-marks', got {self.oov!r}")
         if self.min_word_count < 1:
             raise ValueError(f"min_word_count must be >= 1, got {self.min_word_count}")
@@ -105,12 +116,17 @@ class LMText:
     excluded: int = 0  # equal to an --exclude sentence (dev/test)
     heldout_overlap: int = 0  # equal to a dev/test transcript and NOT excluded
     stripped: int = 0  # kept after stripping combining marks outside the vocabulary (oov="strip-marks")
+    stripped_marks: Counter = field(default_factory=Counter)  # the marks removed, with counts
+    kept_by_policy: Counter = field(default_factory=Counter)  # sentences each OOV policy would keep
     overlap_examples: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("sentences", "oov_chars", "overlap_examples")}
+        skip = ("sentences", "oov_chars", "stripped_marks", "kept_by_policy", "overlap_examples")
+        d = {k: v for k, v in asdict(self).items() if k not in skip}
         d["kept"] = len(self.sentences)
         d["oov_chars"] = dict(self.oov_chars.most_common(20))
+        d["stripped_marks"] = {f"U+{ord(c):04X} {char_name(c)}": n for c, n in self.stripped_marks.most_common()}
+        d["kept_by_policy"] = {p: self.kept_by_policy[p] for p in OOV_POLICIES}
         d["overlap_examples"] = self.overlap_examples[:5]
         return d
 
@@ -120,13 +136,16 @@ def prepare_text(
     vocab: Vocab,
     exclude: Iterable[str] = (),
     heldout: Iterable[str] = (),
-    oov: OOVPolicy = "drop",
+    oov: OOVPolicy = "strip-marks",
 ) -> LMText:
     """Normalise LM `lines`; drop (and count) empty lines, digit drops and sentences with characters the
     vocabulary lacks; drop sentences equal to an `exclude` sentence; count (and warn about) sentences equal
     to a `heldout` (dev/test) transcript that were not excluded. Both lists are normalised the same way.
     With oov="strip-marks", combining marks outside the vocabulary are removed first (ẹ́ -> ẹ when the
-    vocabulary has ẹ but no combining acute) and only sentences still holding OOV characters are dropped."""
+    vocabulary has ẹ but no combining acute) and only sentences still holding OOV characters are dropped.
+    `kept_by_policy` counts what every policy would keep, so the caller can name a better one."""
+    import unicodedata
+
     norm = Normalizer(vocab.normalizer)
     excl = {t for t in (norm(s) for s in exclude) if t}
     held = {t for t in (norm(s) for s in heldout) if t} - excl
@@ -142,15 +161,21 @@ def prepare_text(
             out.empty += 1
             continue
         bad = [ch for ch in text if ch not in known]
-        if bad and oov == "strip-marks":
-            stripped = _strip_marks(text, known)
-            if stripped != text and not any(ch not in known for ch in stripped):
-                out.stripped += 1
-                text, bad = stripped, []
-        if bad:
+        stripped = _strip_marks(text, known) if bad else text
+        strip_bad = [ch for ch in stripped if ch not in known] if bad else []
+        outcome = {"drop": None if bad else text, "strip-marks": None if strip_bad else stripped}
+        for policy, kept in outcome.items():
+            if kept is not None and kept not in excl:
+                out.kept_by_policy[policy] += 1
+        if outcome[oov] is None:
             out.oov += 1
-            out.oov_chars.update(bad)
+            out.oov_chars.update(strip_bad if oov == "strip-marks" else bad)  # what still blocked the sentence
             continue
+        if outcome[oov] != text:
+            out.stripped += 1
+            out.stripped_marks.update(
+                Counter(unicodedata.normalize("NFD", text)) - Counter(unicodedata.normalize("NFD", outcome[oov])))
+            text = outcome[oov]
         if text in excl:
             out.excluded += 1
             continue
@@ -219,6 +244,33 @@ def heldout_from_vocab_dir(vocab_dir: str | Path) -> list[str]:
     except Exception as e:  # a half-written dataset must not stop an LM build: the check is advisory
         logger.warning("could not read dev/test transcripts from %s for the overlap check: %s", data_dir, e)
         return []
+
+
+def _log_oov_drops(text: LMText, policy: OOVPolicy) -> None:
+    """Warn when more than OOV_WARN_SHARE of the sentences were dropped for OOV characters: how many, the
+    most frequent offenders by Unicode name, and the --oov policy that would keep more (counted, not guessed)."""
+    if not text.oov:
+        return
+    share = text.oov / max(text.read, 1)
+    chars = ", ".join(f"{char_display(c)} U+{ord(c):04X} {char_name(c)}: {n}" for c, n in text.oov_chars.most_common(5))
+    kept = len(text.sentences)
+    best = max(OOV_POLICIES, key=lambda p: text.kept_by_policy[p])
+    if share <= OOV_WARN_SHARE:
+        logger.info("dropped %d of %d LM sentences (%.1f%%) for characters outside the vocabulary (%s)",
+                    text.oov, text.read, 100 * share, chars)
+    elif best != policy and text.kept_by_policy[best] > kept:
+        logger.warning(
+            "dropped %s of %s LM sentences (%.1f%%) for characters outside the vocabulary; most frequent: %s. "
+            "--oov %s would keep %s of %s (now %s kept)", f"{text.oov:,}", f"{text.read:,}", 100 * share, chars,
+            best, f"{text.kept_by_policy[best]:,}", f"{text.read:,}", f"{kept:,}",
+        )
+    else:
+        logger.warning(
+            "dropped %s of %s LM sentences (%.1f%%) for characters outside the vocabulary; most frequent: %s. "
+            "No --oov policy keeps more (%s): clean these characters from the LM text, or build the vocabulary "
+            "from transcripts that use them", f"{text.oov:,}", f"{text.read:,}", 100 * share, chars,
+            ", ".join(f"{p} {text.kept_by_policy[p]:,}" for p in OOV_POLICIES),
+        )
 
 
 # -- KenLM binaries --------------------------------------------------------------------------------
@@ -325,13 +377,13 @@ def build_lm(
         "%d for digits, %d excluded (%d kept after stripping marks)", text.read, len(text.sentences), text.oov,
         text.empty, text.digits, text.excluded, text.stripped,
     )
-    if text.oov:
-        logger.warning(
-            "%d of %d LM sentences (%.1f%%) hold characters outside the vocabulary and were dropped; most "
-            "common: %s%s", text.oov, text.read, 100 * text.oov / max(text.read, 1),
-            " ".join(f"{char_display(c)}:{n}" for c, n in text.oov_chars.most_common(8)),
-            "" if config.oov == "strip-marks" else " (oov='strip-marks' keeps sentences whose only OOV characters are marks)",
+    if text.stripped:
+        logger.info(
+            "oov=%s: stripped combining marks the vocabulary lacks from %d sentences and kept them (%s); "
+            "--oov drop drops them instead", config.oov, text.stripped,
+            ", ".join(f"{char_display(c)} {char_name(c)}: {n}" for c, n in text.stripped_marks.most_common(5)),
         )
+    _log_oov_drops(text, config.oov)
     if text.heldout_overlap:
         logger.warning(
             "!!! %d LM sentences are dev/test transcripts (e.g. %r): WER with this LM will be optimistic. "

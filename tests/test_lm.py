@@ -63,7 +63,7 @@ def test_decoder_config_validation(kwargs, match):
 # -- LM text -------------------------------------------------------------------------------------
 def test_prepare_text_normalises_drops_oov_and_handles_overlap(cat_vocab):
     lines = ["The CAT, sat!", "the dog sat", "", "  ", "the bat sat.", "the cat sat 3 times"]
-    t = prepare_text(lines, cat_vocab, exclude=["THE BAT SAT"], heldout=["the cat sat"])
+    t = prepare_text(lines, cat_vocab, exclude=["THE BAT SAT"], heldout=["the cat sat"], oov="drop")
     assert t.sentences == ["the cat sat"]  # normalised like the model text
     assert t.read == 6 and t.empty == 2 and t.excluded == 1
     assert t.oov == 2  # "dog" (d, o, g) and the digit/times line
@@ -73,10 +73,51 @@ def test_prepare_text_normalises_drops_oov_and_handles_overlap(cat_vocab):
 
 def test_prepare_text_strip_marks_keeps_sentences_with_unknown_tone_marks():
     vocab = build_vocab(["ẹ ba"]).vocab  # has ẹ (U+1EB9) but no combining acute
-    t_drop = prepare_text(["ẹ́ ba"], vocab)
-    t_strip = prepare_text(["ẹ́ ba", "ẹ́ xa"], vocab, oov="strip-marks")
+    t_drop = prepare_text(["ẹ́ ba"], vocab, oov="drop")
+    t_strip = prepare_text(["ẹ́ ba", "ẹ́ xa"], vocab)  # strip-marks is the default
     assert t_drop.sentences == [] and t_drop.oov == 1
     assert t_strip.sentences == ["ẹ ba"] and t_strip.stripped == 1 and t_strip.oov == 1
+    assert t_strip.oov_chars == {"x": 1}  # only what still blocked "ẹ xa", not the mark that was stripped
+    assert t_strip.stripped_marks == {"\u0301": 1}
+    assert dict(t_drop.kept_by_policy) == {"strip-marks": 1}
+    assert t_strip.summary()["stripped_marks"] == {"U+0301 COMBINING ACUTE ACCENT": 1}
+
+
+@pytest.mark.parametrize("oov", ["drop", "strip-marks"])
+def test_lm_build_warns_when_much_text_is_dropped_and_names_the_better_policy(tmp_path, caplog, oov):
+    """8 of 10 sentences only miss a combining acute (ẹ́): with --oov drop the warning says how many were
+    dropped, the mark by name, and that strip-marks keeps 9 of 10 ("ẹ́ xa" still holds x)."""
+    vocab_dir = build_vocab(["ẹ ba", "ba ẹ"]).vocab.save(tmp_path / "vocab")
+    text = tmp_path / "lm.txt"
+    text.write_text("ẹ́ ba\n" * 8 + "ba ẹ\nẹ́ xa\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger="lrl.lm"):
+        r = build_lm([text], vocab_dir, tmp_path / "lm", LMBuildConfig(order=2, oov=oov))
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+    report = json.loads((tmp_path / "lm" / "lm_build.json").read_text())
+    assert report["text"]["kept_by_policy"] == {"drop": 1, "strip-marks": 9}
+    if oov == "drop":
+        assert len(r.text.sentences) == 1 and r.text.oov == 9
+        assert len(warnings) == 1 and "dropped 9 of 10 LM sentences (90.0%)" in warnings[0]
+        assert "U+0301 COMBINING ACUTE ACCENT: 9" in warnings[0] and "x U+0078 LATIN SMALL LETTER X: 1" in warnings[0]
+        assert "--oov strip-marks would keep 9 of 10 (now 1 kept)" in warnings[0]
+    else:  # 1 of 10 dropped: above the threshold, but no policy keeps more, so none is proposed
+        assert len(r.text.sentences) == 9 and r.text.stripped == 8
+        assert report["text"]["stripped"] == 8 and report["config"]["oov"] == "strip-marks"
+        assert len(warnings) == 1 and "No --oov policy keeps more" in warnings[0]
+
+
+def test_lm_build_does_not_warn_when_little_is_dropped(tmp_path, cat_vocab_dir, caplog):
+    from lrl.lm import OOV_WARN_SHARE
+
+    n = 40
+    assert 1 / n <= OOV_WARN_SHARE  # one dropped sentence in 40 is "a small share"
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat\n" * (n - 1) + "the dog sat\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger="lrl.lm"):
+        r = build_lm([text], cat_vocab_dir, tmp_path / "lm", LMBuildConfig(order=2))
+    assert r.text.oov == 1
+    assert not [rec for rec in caplog.records if rec.levelname == "WARNING"]
+    assert any("dropped 1 of 40 LM sentences" in rec.getMessage() for rec in caplog.records)
 
 
 # -- building --------------------------------------------------------------------------------------
