@@ -614,7 +614,8 @@ class DemoStart(str, Enum):
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
-    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates (a fixed count: a busy machine takes longer, with the same result).", min=1)] = 1500,
+    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 1500,
+    train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 5.0,
     start: Annotated[DemoStart, typer.Option(help="xl-tiny: the shipped cross-lingual start (head rows transferred); scratch: a random tiny model.")] = DemoStart.xl_tiny,
     pretrain_steps: Annotated[int, typer.Option(help="Self-supervised updates on the training audio before fine-tuning (0 = skip).", min=0)] = 0,
     n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,
@@ -625,7 +626,7 @@ def demo(
     evaluate, then a results table."""
     from lrl.demo import DemoConfig, rerun_commands, run_demo
 
-    cfg = DemoConfig(out=str(out), train_steps=train_steps,
+    cfg = DemoConfig(out=str(out), train_steps=train_steps, train_minutes=train_minutes,
                      pretrain_steps=pretrain_steps, n_train=n_train, seed=seed, start=DemoStart(start).value)
     res = run_demo(cfg, say=typer.echo)
     typer.echo(f"\nResults on the synthesised test set ({res.n_test} sentences unseen in training and LM text):\n")
