@@ -33,6 +33,7 @@ UNIGRAMS_FILE = "unigrams.txt"  # pyctcdecode's LanguageModel._UNIGRAMS_SERIALIZ
 REPORT_FILE = "lm_build.json"
 CORPUS_FILE = "corpus.txt"
 ARPA_FILE = "lm.arpa"
+KENLM_LOG = "kenlm.log"  # lmplz/build_binary's own progress output (stderr), kept out of the terminal
 # pyctcdecode's own defaults (pyctcdecode/constants.py): the starting point that `lrl lm tune` improves on.
 DEFAULT_ALPHA = 0.5
 DEFAULT_BETA = 1.5
@@ -285,7 +286,8 @@ def find_kenlm_binary(name: str) -> str:
     raise LrlError(f"KenLM's `{name}` was not found next to {sys.executable} or on PATH: {SETUP_HINT}")
 
 
-def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what: str) -> str:
+def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what: str, log: Path) -> str:
+    """Run a KenLM tool; its stderr (progress bars, statistics) is appended to `log`, and quoted on failure."""
     logger.debug("running %s", " ".join(cmd))
     with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as fin, (
         open(stdout_path, "wb") if stdout_path else open(os.devnull, "wb")
@@ -295,12 +297,14 @@ def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what
         except OSError as e:
             raise LrlError(f"could not run {cmd[0]}: {e}. {SETUP_HINT}") from e
     err = proc.stderr.decode("utf-8", "replace")
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"$ {' '.join(cmd)}\n{err}\n[exit {proc.returncode}]\n")
     if proc.returncode != 0:
-        tail = "\n".join(err.strip().splitlines()[-6:])
+        tail = "\n".join(err.strip().splitlines()[-10:])
         hint = ""
-        if "discount" in err and "out of range" in err:
-            hint = " The corpus is too small for Kneser-Ney estimates: keep discount_fallback on (the default)."
-        raise LrlError(f"{what} failed (exit {proc.returncode}):\n{tail}\n{hint}".rstrip())
+        if "discount" in err and ("out of range" in err or "Kneser-Ney" in err):
+            hint = " The corpus is too small for Kneser-Ney estimates: keep --discount-fallback on (the default)."
+        raise LrlError(f"{what} failed (exit {proc.returncode}); last lines of {log}:\n{tail}\n{hint}".rstrip())
     return err
 
 
@@ -361,8 +365,8 @@ def build_lm(
 ) -> LMBuildResult:
     """Build OUT/language_model/{lm.bin|lm.arpa, unigrams.txt, attrs.json} + OUT/alphabet.json (so OUT
     loads with `BeamSearchDecoderCTC.load_from_dir`), OUT/normalizer.json, OUT/corpus.txt and a report
-    OUT/lm_build.json. `exclude`: files whose sentences are removed from the LM text (dev/test);
-    `heldout`: files only checked for overlap (the dev/test splits next to a `DATA/vocab` are checked too)."""
+    OUT/lm_build.json; lmplz/build_binary's own output goes to OUT/kenlm.log. `exclude`: files whose
+    sentences are removed from the LM text (dev/test); `heldout`: files only checked for overlap (the dev/test splits next to a `DATA/vocab` are checked too)."""
     config = config or LMBuildConfig()
     t0 = time.perf_counter()
     vocab = Vocab.load(vocab_dir)
@@ -408,6 +412,8 @@ def build_lm(
     unigrams = sorted(w for w, n in words.items() if n >= config.min_word_count)
 
     arpa = out / ARPA_FILE if config.keep_arpa else lm_dir / ARPA_FILE
+    log = out / KENLM_LOG
+    log.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="lrl-lmplz-") as tmp:
         cmd = [lmplz, "-o", str(config.order), "-S", config.memory, "-T", tmp]
         if config.discount_fallback:
@@ -415,12 +421,12 @@ def build_lm(
         if config.prune:
             cmd += ["--prune", *map(str, config.prune)]
         tmp_arpa = Path(tmp) / ARPA_FILE
-        _run(cmd, corpus, tmp_arpa, "lmplz")
+        _run(cmd, corpus, tmp_arpa, "lmplz", log)
         shutil.move(str(tmp_arpa), arpa)
     counts = _arpa_counts(arpa)
     if config.binary != "none":
         model_path = lm_dir / "lm.bin"
-        _run([build_binary, config.binary, str(arpa), str(model_path)], None, None, "build_binary")
+        _run([build_binary, config.binary, str(arpa), str(model_path)], None, None, "build_binary", log)
         if not config.keep_arpa:
             arpa.unlink()
     else:
@@ -443,6 +449,7 @@ def build_lm(
         "words": {"tokens": sum(words.values()), "types": len(words), "unigrams_written": len(unigrams)},
         "ngrams": counts,
         "model": str(model_path.relative_to(out)),
+        "kenlm_log": KENLM_LOG,
         "seconds": round(seconds, 2),
     }
     atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")

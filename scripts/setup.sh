@@ -67,17 +67,29 @@ if [ -x "$VENV/bin/lmplz" ] && [ -x "$VENV/bin/build_binary" ]; then
 else
   KBIN="$CACHE/kenlm-$KENLM_VERSION/bin"
   if [ ! -x "$KBIN/lmplz" ] || [ ! -x "$KBIN/build_binary" ]; then
-    say "building KenLM $KENLM_VERSION lmplz/build_binary (about a minute)"
+    # The build (pip download, cmake, make) prints hundreds of compiler warnings: they go to a log, and
+    # only a failure shows the log's tail.
+    LOG="$CACHE/kenlm-build.log"
+    mkdir -p "$CACHE"
+    say "building KenLM $KENLM_VERSION lmplz/build_binary (about a minute; output in $LOG)"
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
-    # --no-binary kenlm (not :all:, which would compile cmake itself from source)
-    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary kenlm \
-      "kenlm==$KENLM_VERSION" -d "$work"
-    tar -xzf "$work"/kenlm-*.tar.gz -C "$work"
+    build_kenlm() {
+      # --no-binary kenlm (not :all:, which would compile cmake itself from source)
+      "$VENV/bin/pip" download --disable-pip-version-check --no-deps --no-binary kenlm \
+        "kenlm==$KENLM_VERSION" -d "$work" \
+      && tar -xzf "$work"/kenlm-*.tar.gz -C "$work" \
+      && src="$(find "$work" -maxdepth 1 -type d -name 'kenlm-*' | head -n1)" \
+      && mkdir -p "$src/build" && cd "$src/build" \
+      && cmake .. -DCMAKE_BUILD_TYPE=Release -DCOMPILE_TESTS=OFF -DENABLE_PYTHON=OFF \
+      && make -j"$(nproc)" lmplz build_binary
+    }
+    if ! (set -x; build_kenlm) >"$LOG" 2>&1; then
+      say "KenLM build failed; full log: $LOG (last 30 lines below)"
+      tail -n 30 "$LOG" >&2
+      exit 1
+    fi
     src="$(find "$work" -maxdepth 1 -type d -name 'kenlm-*' | head -n1)"
-    mkdir -p "$src/build"
-    (cd "$src/build" && cmake .. -DCMAKE_BUILD_TYPE=Release -DCOMPILE_TESTS=OFF -DENABLE_PYTHON=OFF >/dev/null \
-       && make -j"$(nproc)" lmplz build_binary >/dev/null)
     mkdir -p "$KBIN"
     cp "$src/build/bin/lmplz" "$src/build/bin/build_binary" "$KBIN/"
   fi

@@ -162,6 +162,17 @@ def test_build_lm_missing_lmplz_says_how_to_build_it(tmp_path, cat_vocab_dir, mo
         build_lm([text], cat_vocab_dir, tmp_path / "lm")
 
 
+def test_kenlm_output_goes_to_a_log_and_a_failure_quotes_its_tail(tmp_path, cat_vocab_dir, capfd):
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat\nthe cat\n", encoding="utf-8")
+    build_lm([text], cat_vocab_dir, tmp_path / "ok", LMBuildConfig(order=2))
+    assert "lmplz" not in capfd.readouterr().err  # lmplz's progress bars stay out of the terminal
+    log = (tmp_path / "ok" / "kenlm.log").read_text()
+    assert "Counting and sorting n-grams" in log and "build_binary" in log and log.count("[exit 0]") == 2
+    with pytest.raises(LrlError, match=r"(?s)lmplz failed.*kenlm\.log.*Kneser-Ney.*keep --discount-fallback on"):
+        build_lm([text], cat_vocab_dir, tmp_path / "bad", LMBuildConfig(order=3, discount_fallback=False))
+
+
 def test_build_lm_nothing_left_is_an_error(tmp_path, cat_vocab_dir):
     text = tmp_path / "lm.txt"
     text.write_text("dog\nfrog\n", encoding="utf-8")
