@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import lrl.start as start_recipes  # the recipes the demo and `lrl train build-start` use
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 WORK = ROOT / "bench" / "_work" / "lowres"
@@ -55,13 +53,8 @@ def train_cmd(data: Path, start: str, out: Path, minutes: float, extra: list[str
     return [*LRL, "train", "run", "--data", data, "--checkpoint", start, "--out", out, *sets, *extra]
 
 
-def as_sets(recipe: dict[str, dict]) -> list[str]:
-    """A {section: {key: value}} recipe of lrl.start as `lrl train run --set section.key=value` options."""
-    return [x for sec, kv in recipe.items() for k, v in kv.items() for x in ("--set", f"{sec}.{k}={v}")]
-
-
-SCRATCH_RECIPE = as_sets(start_recipes.SCRATCH_RECIPE)  # lrl's CPU recipe for a random start (ENV-NOTES)
-FINETUNE_RECIPE = as_sets(start_recipes.FINETUNE_RECIPE)  # a trained start: conv front end kept, gentler LR
+SCRATCH_RECIPE = ["--set", "recipe=scratch"]  # lrl.recipes: lrl's CPU recipe for a random start (ENV-NOTES)
+FINETUNE_RECIPE = ["--set", "recipe=small-start"]  # lrl.recipes: a trained start, conv front end kept, gentler LR
 SCHEDULE_EXTRAS = [  # arm d on top of the best start's recipe
     "--set", "optim.layer_decay=0.8", "--set", "optim.head_lr_mult=2.0", "--set", "freeze.freeze_encoder_steps=50",
     "--set", "freeze.unfreeze_layers=1", "--set", "freeze.unfreeze_every=50", "--set", "data.augment=light",

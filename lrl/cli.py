@@ -318,7 +318,12 @@ def train_run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the output directory.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set optim.layer_decay=0.8 (repeatable).")] = None,
 ) -> None:
-    """Fine-tune a Wav2Vec2 checkpoint with CTC (multi-process: torchrun --nproc_per_node=N -m lrl train run ...)."""
+    """Fine-tune a Wav2Vec2 checkpoint with CTC (multi-process: torchrun --nproc_per_node=N -m lrl train run ...).
+
+    Every setting (layer-wise LR decay, progressive unfreezing, the LR schedule, batching, SpecAugment...)
+    is a config key: `lrl train config > run.toml` prints them all with their defaults and meanings; pass
+    the edited file with -c, or single keys with --set. Keys left at "auto" (LR, warm-up, conv freezing,
+    SpecAugment) come from the recipe lrl picks for the start and the amount of data (--set recipe=NAME)."""
     from lrl.train import load_config, parse_overrides, train
 
     overrides = parse_overrides(set_ or [])
@@ -338,6 +343,14 @@ def train_run(
         typer.echo(f"best checkpoint by dev WER: {result.best_checkpoint}")
     if result.nonfinite_skipped:
         typer.echo(f"non-finite losses skipped: {result.nonfinite_skipped}")
+
+
+@train_app.command("config")
+def train_config() -> None:
+    """Print the complete default run configuration as annotated TOML (save it, edit it, pass it with -c)."""
+    from lrl.runconfig import default_config_toml
+
+    typer.echo(default_config_toml(), nl=False)
 
 
 @train_app.command("init-tiny")
@@ -614,8 +627,7 @@ class DemoStart(str, Enum):
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
-    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates.", min=1)] = 1500,
-    train_minutes: Annotated[float, typer.Option(help="Wall-clock cap on fine-tuning, minutes.", min=0.1)] = 5.0,
+    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates (a fixed count: a busy machine takes longer, with the same result).", min=1)] = 1500,
     start: Annotated[DemoStart, typer.Option(help="xl-tiny: the shipped cross-lingual start (head rows transferred); scratch: a random tiny model.")] = DemoStart.xl_tiny,
     pretrain_steps: Annotated[int, typer.Option(help="Self-supervised updates on the training audio before fine-tuning (0 = skip).", min=0)] = 0,
     n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,
@@ -626,7 +638,7 @@ def demo(
     evaluate, then a results table."""
     from lrl.demo import DemoConfig, rerun_commands, run_demo
 
-    cfg = DemoConfig(out=str(out), train_steps=train_steps, train_minutes=train_minutes,
+    cfg = DemoConfig(out=str(out), train_steps=train_steps,
                      pretrain_steps=pretrain_steps, n_train=n_train, seed=seed, start=DemoStart(start).value)
     res = run_demo(cfg, say=typer.echo)
     typer.echo(f"\nResults on the synthesised test set ({res.n_test} sentences unseen in training and LM text):\n")

@@ -40,7 +40,7 @@ def cache_blocker(freeze_feature_encoder: bool, unfreeze_conv_at: int, augment: 
         # group norm (wav2vec2-base) normalises each channel over the padded batch: a clip's features
         # depend on the batch it is in, so cached ones would differ from the ones training computes
         return f"the conv front end uses feat_extract_norm={feat_extract_norm!r}, which depends on batch padding"
-    if not freeze_feature_encoder:
+    if freeze_feature_encoder is False:
         return "the feature encoder trains (freeze.freeze_feature_encoder=false)"
     if unfreeze_conv_at >= 0:
         return f"the conv layers unfreeze at update {unfreeze_conv_at} (freeze.unfreeze_conv_at)"

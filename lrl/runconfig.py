@@ -12,6 +12,7 @@ from typing import Any
 
 from lrl.batching import BatchingConfig
 from lrl.io import LrlError, atomic_write_text
+from lrl.recipes import AUTO, RECIPE_NAMES
 from lrl.schedule import FreezeConfig, LayerwiseLrConfig
 
 CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
@@ -55,7 +56,7 @@ class ModelConfig:
     init_head_from: str = ""  # a fine-tuned CTC model dir whose head rows for shared characters are copied
     adapter_lang: str = ""  # MMS adapter mode: train only attention adapters + head, save adapter.<lang>.safetensors
     adapter_attn_dim: int = 16  # adapter bottleneck width in adapter mode
-    spec_augment: str = "auto"  # SpecAugment preset of lrl.augment (auto = by hours of labelled data; "checkpoint" = as saved)
+    spec_augment: str = AUTO  # SpecAugment preset of lrl.augment (auto = the recipe's; "checkpoint" = as saved)
     layerdrop: float = 0.0  # probability of skipping a Transformer layer per step
     hidden_dropout: float = 0.0  # dropout in the Transformer
     final_dropout: float = 0.0  # dropout before the CTC head
@@ -76,12 +77,12 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.schedule.LayerwiseLrConfig)."""
 
-    lr: float = 1e-4  # peak LR of the top Transformer layer
+    lr: float | str = AUTO  # peak LR of the top Transformer layer ("auto" = the recipe's)
     layer_decay: float = 1.0  # LR factor per layer going down
     head_lr_mult: float = 1.0  # head LR relative to `lr`
     weight_decay: float = 0.0  # AdamW weight decay (not on norms/biases)
     schedule: str = "cosine"  # cosine (warmup + cosine), tri_stage (fairseq), linear, constant
-    warmup_steps: int = 500  # linear warmup updates (cosine/linear/constant)
+    warmup_steps: int | str = AUTO  # linear warmup updates (cosine/linear/constant; "auto" = the recipe's)
     phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage warmup/hold/decay shares
     max_steps: int = 2000  # optimizer updates in all (> 0), or 0 to use `epochs`
     epochs: float = 0.0  # passes over the training split when max_steps = 0
@@ -89,10 +90,11 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
 
     def __post_init__(self) -> None:
-        LayerwiseLrConfig(self.lr, self.layer_decay, self.head_lr_mult, self.weight_decay)  # validates those
+        LayerwiseLrConfig(1.0 if self.lr == AUTO else self.lr, self.layer_decay, self.head_lr_mult,
+                          self.weight_decay)  # validates those
         if self.schedule not in ("cosine", "tri_stage", "linear", "constant"):
             raise ValueError(f"optim.schedule must be cosine, tri_stage, linear or constant, got {self.schedule!r}")
-        if self.warmup_steps < 0:
+        if self.warmup_steps != AUTO and self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.max_steps < 0 or (self.max_steps == 0 and not self.epochs > 0):
             raise ValueError(f"set optim.max_steps > 0 or optim.epochs > 0, got max_steps={self.max_steps}, epochs={self.epochs}")
@@ -152,6 +154,8 @@ class TrainConfig:
     output_dir/train_config.yaml, which loads back with `-c`."""
 
     output_dir: str = ""  # where the model, checkpoints, logs and card go
+    recipe: str = AUTO  # fills the "auto" keys (lr, warm-up, conv freezing, SpecAugment): auto (from the start's size and
+    # the hours of data), small-start, scratch, large, adapter or hf-example; explicit keys always win (lrl.recipes)
     seed: int = 0  # model init, shuffling, augmentation
     precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
     resume: bool = False  # continue from the last checkpoint in output_dir
@@ -170,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.max_minutes < 0:
             raise ValueError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
+        if self.recipe not in RECIPE_NAMES:
+            raise ValueError(f"recipe must be one of {list(RECIPE_NAMES)}, got {self.recipe!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         if self.model.adapter_lang and not self.freeze.adapters:
@@ -214,6 +220,9 @@ def _build(cls, data: dict, prefix: str):
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default
         if dataclasses.is_dataclass(default):
             kw[name] = _build(type(default), value, f"{prefix}{name}.")
+        elif default == AUTO and known[name].type != "str":  # "auto" or a value of the field's other type
+            kind = {"float": 0.0, "int": 0, "bool": False}[str(known[name].type).split("|")[0].strip()]
+            kw[name] = AUTO if value == AUTO else _coerce(value, kind, prefix + name)
         else:
             kw[name] = _coerce(value, default, prefix + name)
     return cls(**kw)
@@ -307,3 +316,61 @@ def _plain(x):
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
+
+
+# -- the annotated default config (`lrl train config`) --------------------------------------------
+def default_config_toml() -> str:
+    """The complete default TrainConfig as TOML, every key with the comment it has in the source, ready
+    to save, edit and pass back with `lrl train run -c FILE` (it loads back equal to the defaults)."""
+    cfg = TrainConfig()
+    lines = ["# lrl train run configuration: every key at its default, with what it means.",
+             "# Save it, edit what you need (or delete the rest), then: lrl train run -c run.toml",
+             "# Keys left at \"auto\" are filled by the recipe (see `recipe`); the run's train_config.yaml says how.", ""]
+    tables = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        else:
+            lines += _toml_key(type(cfg), f.name, value)
+    for name, section in tables:
+        lines += ["", f"[{name}]", f"# {(type(section).__doc__ or '').strip().splitlines()[0]}"]
+        for f in dataclasses.fields(section):
+            lines += _toml_key(type(section), f.name, getattr(section, f.name))
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(cls, name: str, value) -> list[str]:
+    comment = _field_comments(cls).get(name, [])
+    first = f"{name} = {_toml_value(value)}"
+    return [f"{first}  # {comment[0]}" if comment else first, *(f"#   {c}" for c in comment[1:])]
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _field_comments(cls) -> dict[str, list[str]]:
+    """Field name -> its source comment lines (the trailing one, then any comment-only lines below it)."""
+    import inspect
+    import io
+    import tokenize
+
+    out: dict[str, list[str]] = {}
+    current = None
+    toks = tokenize.generate_tokens(io.StringIO(inspect.getsource(cls)).readline)
+    for tok in toks:
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in {f.name for f in dataclasses.fields(cls)}:
+            current = tok.string
+            out.setdefault(current, [])
+        elif tok.type == tokenize.COMMENT and current is not None:
+            out[current].append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string == "def":
+            break
+    return out

@@ -162,7 +162,8 @@ class _Constant(WarmupCosine):
 class FreezeConfig:
     """What is frozen when. Steps count optimizer updates; the head is always trained."""
 
-    freeze_feature_encoder: bool = True  # keep the conv front end frozen (until `unfreeze_conv_at`)
+    freeze_feature_encoder: bool | str = "auto"  # keep the conv front end frozen (until `unfreeze_conv_at`); "auto" =
+    # the training recipe's (lrl.recipes: frozen for every trained start, trained for a random one); unresolved = frozen
     freeze_encoder_steps: int = 0  # the whole Transformer frozen for this many updates (fairseq freeze_finetune_updates)
     unfreeze_layers: int = 0  # then unfreeze this many layers top-down every `unfreeze_every` updates; 0 = all at once
     unfreeze_every: int = 0  # updates between unfreezing steps (with unfreeze_layers > 0)
@@ -181,6 +182,8 @@ class FreezeConfig:
             )
         if self.unfreeze_conv_at < -1:
             raise ValueError(f"unfreeze_conv_at must be >= 0, or -1 for never, got {self.unfreeze_conv_at}")
+        if self.freeze_feature_encoder not in (True, False, "auto"):
+            raise ValueError(f"freeze_feature_encoder must be true, false or 'auto', got {self.freeze_feature_encoder!r}")
 
     def trainable_units(self, step: int, num_layers: int, num_conv: int) -> frozenset[str]:
         """The units that train during update number `step` (0-based: the first update is step 0)."""
@@ -195,7 +198,7 @@ class FreezeConfig:
             units |= {f"layer.{num_layers - 1 - i}" for i in range(n)}
             if n == num_layers:
                 units.add(BOTTOM)
-        if not self.freeze_feature_encoder:
+        if self.freeze_feature_encoder is False:
             units |= {f"conv.{i}" for i in range(num_conv)}
         elif self.unfreeze_conv_at >= 0 and step >= self.unfreeze_conv_at:
             every = self.unfreeze_conv_every

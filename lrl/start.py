@@ -20,22 +20,6 @@ SHIPPED = {"xl-tiny": SHIPPED_DIR / "xl-tiny"}  # name -> directory (a name neve
 # Files of a trained output directory a start needs (model, processor, normaliser) or documents itself with.
 _KEEP = ("config.json", "vocab.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
          "normalizer.json", "special_tokens_map.json", "train_config.yaml", "metrics.csv", "training_curves.png")
-# The recipe for a random start on CPU (ENV-NOTES calibration, bench/lowres arm a): updates beat batch
-# size, a high peak LR with a short warm-up, and the conv front end trained too.
-SCRATCH_RECIPE = {
-    "optim": {"lr": 1.5e-3, "warmup_steps": 30, "schedule": "cosine"},
-    "freeze": {"freeze_feature_encoder": False},
-    "batching": {"max_seconds": 16.0},
-    "model": {"spec_augment": "hf-default"},
-}
-# The recipe for fine-tuning from a trained start (bench/lowres arms c, d): conv front end kept, gentler LR.
-FINETUNE_RECIPE = {
-    "optim": {"lr": 5e-4, "warmup_steps": 30, "schedule": "cosine"},
-    "batching": {"max_seconds": 16.0},
-    "model": {"spec_augment": "hf-default"},
-}
-
-
 def resolve_checkpoint(name: str | Path) -> str:
     """A local directory as given; a shipped start's name (`xl-tiny`) as its directory; anything else
     (a hub id) unchanged."""
@@ -97,10 +81,10 @@ def build_crosslingual_start(out: str | Path, config: StartConfig, work: str | P
         "output_dir": str(run_dir), "seed": config.seed, "max_minutes": config.minutes,
         "data": {"path": str(ds_dir), "test_split": ""},
         "eval": {"eval_steps": 100, "logging_steps": 20, "save_total_limit": 1},
-        **{k: dict(v) for k, v in SCRATCH_RECIPE.items()},
+        "recipe": "scratch",  # lrl.recipes: a random start
+        "model": {"checkpoint": str(init)},
+        "optim": {"max_steps": 100_000},  # the wall-clock budget ends the run
     }
-    run["model"]["checkpoint"] = str(init)
-    run["optim"]["max_steps"] = 100_000  # the wall-clock budget ends the run
     result = train.train(train.TrainConfig.from_dict(run))
     _export(run_dir, out, config, result, t_corpus, time.perf_counter() - t0)
     return out

@@ -133,8 +133,8 @@ def warn_if_collapsed(metrics: dict, step: int, cfg: TrainConfig) -> bool:
         return False
     logger.warning(
         "step %d: dev WER %.3f with %.0f%% empty predictions: the model outputs only blanks. Usual causes: "
-        "the LR is too low or too high (lr=%g; try 3e-5..3e-4 for pretrained checkpoints, ~1e-3 for tiny ones), "
-        "warmup not finished (warmup_steps=%d) or too short, too few updates so far, or a vocabulary/case "
+        "the LR is too low or too high (lr=%s; try 3e-5..3e-4 for pretrained checkpoints, ~1e-3 for tiny ones), "
+        "warmup not finished (warmup_steps=%s) or too short, too few updates so far, or a vocabulary/case "
         "mismatch between the transcripts and the tokenizer (check `lrl vocab audit`).",
         step, wer, 100 * blank, cfg.optim.lr, cfg.optim.warmup_steps,
     )
@@ -360,6 +360,20 @@ def _by_duration(ds):
     return ds.select(np.argsort(np.asarray(ds["duration"], dtype=np.float64), kind="stable").tolist())
 
 
+def _resolve_recipe(cfg: TrainConfig, durations: list[float], world: int) -> tuple[TrainConfig, dict]:
+    """Fill the config's "auto" keys from the recipe for this start and this much data (lrl.recipes)."""
+    from lrl.model import read_checkpoint_config
+    from lrl.recipes import resolve_recipe
+
+    planned = cfg.optim.max_steps or None
+    if planned is None:  # epochs: the updates one epoch packs into, times the epochs
+        planned = int(cfg.optim.epochs * estimate_steps_per_epoch(durations, cfg.batching, world) / cfg.optim.grad_accum)
+    cfg, note = resolve_recipe(cfg, read_checkpoint_config(cfg.model.checkpoint), sum(durations) / 3600, planned)
+    logger.info("recipe %s (%s): %s", note["recipe"], note["why"],
+                ", ".join(f"{k}={v}" for k, v in note["set"].items()) or "every key set explicitly")
+    return cfg, note
+
+
 def _feature_cache_blocker(cfg: TrainConfig, model_config, durations: list[float], world: int) -> str | None:
     """Why this run cannot use lrl.featcache (or should not: too short, too big), or None."""
     total = sum(durations)
@@ -413,6 +427,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if len(train_ds) == 0:
         raise LrlError(f"the {cfg.data.train_split!r} split of {cfg.data.path} is empty")
     durations = [float(d) for d in train_ds["duration"]]
+    cfg, recipe_note = _resolve_recipe(cfg, durations, world)
     eval_ds = None
     if cfg.data.eval_split and cfg.data.eval_split in dsd and len(dsd[cfg.data.eval_split]):
         eval_ds = _by_duration(dsd[cfg.data.eval_split])
@@ -522,7 +537,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if args.process_index == 0:
         save_config(cfg, out, {"vocab_size": len(tokenizer), "train_clips": len(durations),
                                "train_hours": round(sum(durations) / 3600, 4), "world_size": world,
-                               "feature_cache": cache_note,
+                               "feature_cache": cache_note, "recipe": recipe_note,
                                "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
     with featcache.cached_front_end(model) if cache is not None else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=resume_from)

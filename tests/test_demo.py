@@ -11,8 +11,6 @@ def test_demo_config_validation():
 
     with pytest.raises(ValueError, match="train_steps"):
         DemoConfig(train_steps=0)
-    with pytest.raises(ValueError, match="train_minutes"):
-        DemoConfig(train_minutes=0)
     with pytest.raises(ValueError, match="start"):
         DemoConfig(start="xls-r")
 
