@@ -222,7 +222,10 @@ def _build(cls, data: dict, prefix: str):
             kw[name] = _build(type(default), value, f"{prefix}{name}.")
         elif default == AUTO and known[name].type != "str":  # "auto" or a value of the field's other type
             kind = {"float": 0.0, "int": 0, "bool": False}[str(known[name].type).split("|")[0].strip()]
-            kw[name] = AUTO if value == AUTO else _coerce(value, kind, prefix + name)
+            try:
+                kw[name] = AUTO if value == AUTO else _coerce(value, kind, prefix + name)
+            except ValueError as e:
+                raise ValueError(f'{e} (or "auto": the recipe\'s value)') from e
         else:
             kw[name] = _coerce(value, default, prefix + name)
     return cls(**kw)

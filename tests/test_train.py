@@ -264,7 +264,14 @@ def test_train_run_writes_a_pipeline_loadable_model_dir(tiny_data, tiny_ckpt, tm
     assert [r["step"] for r in rows if r["eval_wer"]] == ["4", "8"]
     card = (out / "README.md").read_text()
     assert "| dev |" in card and "| test |" in card
-    assert load_config(out / "train_config.yaml").optim.max_steps == 8
+    saved = load_config(out / "train_config.yaml")
+    assert saved.optim.max_steps == 8 and saved.optim.lr == 1e-3 and saved.optim.warmup_steps == 2  # explicit won
+    import yaml
+
+    note = yaml.safe_load((out / "train_config.yaml").read_text())["resolved"]["recipe"]
+    assert note["recipe"] == saved.recipe == "small-start" and "M parameters" in note["why"]
+    assert {"optim.lr", "optim.warmup_steps"} <= set(note["explicit"]) and "optim.lr" not in note["set"]
+    assert saved.freeze.freeze_feature_encoder is True and saved.model.spec_augment == note["set"]["model.spec_augment"]
     asr = pipeline("automatic-speech-recognition", model=str(out))
     got = asr(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1)
     assert isinstance(got["text"], str)
