@@ -15,6 +15,7 @@ from lrl.io import LrlError
 logger = logging.getLogger(__name__)
 
 HIST_BINS = 30  # bars per histogram
+CARD_DIR = "data_cards"  # the card's folder inside the prepared dataset directory, unless one is given
 SOURCE_NOTE = "SOURCE.md"  # a corpus' own description, quoted in the card when found beside it
 # Hugging Face size categories (number of clips), smallest first.
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
@@ -96,9 +97,10 @@ def _command(source: str, out: str, config: dict) -> str:
     return " ".join(parts)
 
 
-def write_card(directory: str | Path, card_dir: str | Path = "data_cards", name: str | None = None,
+def write_card(directory: str | Path, card_dir: str | Path | None = None, name: str | None = None,
                language: str | None = None, licence: str | None = None) -> Path:
-    """Write `card_dir/<name>.md` (a Hugging Face dataset card) and its two PNGs; returns the card's path."""
+    """Write `card_dir/<name>.md` (a Hugging Face dataset card) and its two PNGs; returns the card's path.
+    `card_dir` defaults to DIRECTORY/data_cards, so the card travels with the dataset."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     from lrl.text import char_display, char_name
@@ -111,7 +113,7 @@ def write_card(directory: str | Path, card_dir: str | Path = "data_cards", name:
     locales = sum((s["locales"] for s in splits.values()), Counter())
     language = language or config.get("language") or (locales.most_common(1)[0][0] if locales else None)
     licence = licence or config.get("licence")
-    card_dir = Path(card_dir)
+    card_dir = Path(card_dir) if card_dir is not None else Path(directory) / CARD_DIR
     card_dir.mkdir(parents=True, exist_ok=True)
     _plot(stats, "durations", "clip duration (s)", card_dir / f"{name}_durations.png")
     _plot(stats, "chars_per_second", "transcript characters per second", card_dir / f"{name}_chars_per_second.png")
@@ -150,6 +152,14 @@ def write_card(directory: str | Path, card_dir: str | Path = "data_cards", name:
     else:
         body.append("None: every row read was kept.")
     body += ["", "Each skipped row is listed with its detail in `skipped.tsv` of the prepared dataset.", ""]
+    unfiltered = {split: info["kept_unfiltered"] for split, info in sk.items() if info.get("kept_unfiltered")}
+    if unfiltered:
+        body += ["## Kept for scoring", "",
+                 "Rows of evaluation splits that training's filters would drop, kept because a recogniser in use "
+                 "meets them (characters outside the vocabulary stay in the reference and count as errors; long "
+                 "clips are scored in chunks; `--filter-eval` drops them): "
+                 + "; ".join(f"{split}: " + ", ".join(f"{n} {r}" for r, n in c.items()) for split, c in unfiltered.items())
+                 + ".", ""]
     if summary.get("warnings"):
         body += ["## Warnings", "", *[f"- {w}" for w in summary["warnings"]], ""]
     chars = sum((s["chars"] for s in splits.values()), Counter())

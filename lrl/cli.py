@@ -193,12 +193,13 @@ def data_prepare(
     check_votes: Annotated[bool, typer.Option(help="CV: skip rows with down_votes >= up_votes.")] = True,
     text_column: Annotated[str | None, typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = None,
     audio_column: Annotated[str | None, typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = None,
+    filter_eval: Annotated[bool, typer.Option(help="Apply the content filters (OOV, duration, chars/s) to dev/test too; by default only train drops such rows and dev/test keep them for scoring.")] = False,
     num_proc: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
     language: Annotated[str | None, typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = None,
     licence: Annotated[str | None, typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared from other inputs.")] = False,
     card: Annotated[bool, typer.Option(help="Write a data card at the end.")] = True,
-    card_dir: Annotated[Path, typer.Option(help="Where the data card goes (<name>.md + PNGs).")] = Path("data_cards"),
+    card_dir: Annotated[Path | None, typer.Option(help="Where the data card goes (<name>.md + PNGs); default OUT/data_cards.")] = None,
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
@@ -207,7 +208,7 @@ def data_prepare(
     cfg = PrepareConfig(
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()), train_from_validated=train_from_validated,
         min_duration=min_duration, max_duration=max_duration, max_chars_per_second=max_chars_per_second,
-        oov=oov.value, check_votes=check_votes, language=language, licence=licence, text_column=text_column,
+        oov=oov.value, filter_eval=filter_eval, check_votes=check_votes, language=language, licence=licence, text_column=text_column,
         audio_column=audio_column, num_proc=num_proc, overwrite=overwrite,
     )
     summary = prepare(src, out, cfg, vocab_dir=vocab)
@@ -227,7 +228,7 @@ def data_prepare(
 @_user_errors
 def data_card(
     dataset: Annotated[Path, typer.Argument(help="A directory written by `lrl data prepare`.", exists=True, file_okay=False)],
-    card_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for <name>.md and its PNGs.")] = Path("data_cards"),
+    card_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for <name>.md and its PNGs; default DATASET/data_cards.")] = None,
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
     language: Annotated[str | None, typer.Option(help="ISO 639 code (default: from the prepare config).")] = None,
     licence: Annotated[str | None, typer.Option("--licence", "--license", help="Licence id (default: from the prepare config).")] = None,

@@ -3,6 +3,7 @@ becomes a 16 kHz `datasets.DatasetDict` on disk (splits train/dev/test, columns 
 duration, speaker + source metadata), with the vocabulary in DIR/vocab. Every input row is kept or listed
 in DIR/skipped.tsv with its reason; DIR/summary.json holds the counts and an input fingerprint so that a
 rerun on identical inputs reuses the output. Output is written to DIR.tmp-<pid> and renamed at the end.
+The content filters (OOV, duration, chars/s) protect training; dev/test keep such rows unless `filter_eval`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ CORE_COLUMNS = ("id", "audio", "text", "sentence", "duration", "speaker")
 RENAMED_COLUMNS = {"accent": "accents"}  # old CV releases: one schema for all
 # Duplicates keep the copy in the most protected split: a clip in both train and test stays in test.
 SPLIT_PRIORITY = ("test", "dev", "train")
+# Splits a recogniser is scored on: it meets long clips and unknown characters in use, so the content filters
+# (there for CTC training) spare these splits unless PrepareConfig.filter_eval.
+EVAL_SPLITS = ("dev", "test")
 WRITE_BATCH = 32  # rows per Arrow record batch (a worker holds at most this many decoded clips)
 WRITE_BATCH_SAMPLES = 2**26  # ...or this many samples (256 MB; Arrow list offsets are int32)
 CHUNK_MIN, CHUNK_MAX = 16, 256  # rows per worker task; each task writes one Arrow shard of the split
@@ -57,6 +61,7 @@ class PrepareConfig:
     max_duration: float = 20.0  # seconds; longer clips blow up attention memory on CPU/GPU
     max_chars_per_second: float = 25.0  # label length bound: CTC needs >= 1 frame (20 ms) per label
     oov: OovPolicy = "drop"  # transcripts with characters outside the vocab: drop the row or keep ([UNK])
+    filter_eval: bool = False  # apply the content filters (OOV, duration, chars/s) to dev/test too
     check_votes: bool = True  # CV: skip rows with down_votes >= up_votes (when any votes are cast)
     language: str | None = None  # ISO 639 code for the normaliser when the vocab is built here; card metadata
     licence: str | None = None  # licence of the corpus (card metadata), e.g. cc0-1.0
@@ -93,6 +98,12 @@ class _Row:
     meta: dict = field(default_factory=dict)
     file: Path | None = None  # resolved, inside the corpus root
     text: str = ""
+    unfiltered: str = ""  # the content filter that would have dropped this kept row in training (dev/test)
+
+
+def _filters(config: PrepareConfig, split: str) -> bool:
+    """Whether the content filters (OOV, duration, chars/s) drop rows of `split`."""
+    return config.filter_eval or split not in EVAL_SPLITS
 
 
 # -- reading sources ----------------------------------------------------------------------------------
@@ -308,8 +319,9 @@ class _Chunk:
     config: PrepareConfig
 
 
-def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None]]:
-    """Worker: per row (duration, None) when kept or (None, (reason, detail)). Audio never leaves the worker:
+def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None, str]]:
+    """Worker: per row (duration, None, unfiltered) when kept or (None, (reason, detail), ""); `unfiltered` names
+    the content filter the row passed only for being in an evaluation split. Audio never leaves the worker:
     it goes straight into the chunk's Arrow stream file, in record batches of WRITE_BATCH rows."""
     import pyarrow as pa
 
@@ -327,18 +339,21 @@ def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None
     try:
         for row in chunk.rows:
             samples, skip = _decode(row.file)
+            content = None
             if skip is None:
                 dur = len(samples) / SAMPLE_RATE
                 if dur < c.min_duration:
-                    skip = ("too_short", f"{dur:.2f} s < {c.min_duration} s")
+                    content = ("too_short", f"{dur:.2f} s < {c.min_duration} s")
                 elif dur > c.max_duration:
-                    skip = ("too_long", f"{dur:.2f} s > {c.max_duration} s")
+                    content = ("too_long", f"{dur:.2f} s > {c.max_duration} s")
                 elif len(row.text) / dur > c.max_chars_per_second:
-                    skip = ("label_too_long", f"{len(row.text)} chars in {dur:.2f} s > {c.max_chars_per_second}/s")
+                    content = ("label_too_long", f"{len(row.text)} chars in {dur:.2f} s > {c.max_chars_per_second}/s")
+                if content is not None and _filters(c, row.split):
+                    skip = content
             if skip is not None:
-                out.append((None, skip))
+                out.append((None, skip, ""))
                 continue
-            out.append((dur, None))
+            out.append((dur, None, content[0] if content else ""))
             batch.append((row, samples))
             n_samples += len(samples)
             if len(batch) >= WRITE_BATCH or n_samples >= WRITE_BATCH_SAMPLES:
@@ -391,8 +406,9 @@ def _run_chunks(chunks: list[_Chunk], pool, skipped: list) -> list[tuple[_Row, f
     results = map(_run_chunk, chunks) if pool is None else pool.map(_run_chunk, chunks)
     with tqdm(total=sum(len(c.rows) for c in chunks), desc="decode", unit="clip", disable=None, leave=False) as bar:
         for chunk, res in zip(chunks, results, strict=True):
-            for row, (dur, skip) in zip(chunk.rows, res, strict=True):
+            for row, (dur, skip, unfiltered) in zip(chunk.rows, res, strict=True):
                 if skip is None:
+                    row.unfiltered = row.unfiltered or unfiltered  # OOV (found before decoding) comes first
                     kept.append((row, dur))
                 else:
                     skipped.append((row, *skip))
@@ -467,14 +483,17 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
             skipped.append((r, "empty_text", repr(r.sentence)))
             continue
         oov = vocab.oov_chars(text)
-        if oov and config.oov == "drop":
+        if oov and config.oov == "drop" and _filters(config, r.split):
             skipped.append((r, "oov", " ".join(sorted(oov))))
             continue
         if r.file in seen:  # checked last: a copy with a usable transcript is the one kept
             skipped.append((r, "duplicate", f"same clip as {seen[r.file]}"))
             continue
         seen[r.file] = f"{r.split}/{r.id}"
-        oov_unk += bool(oov)
+        if oov and config.oov == "drop":  # an evaluation row: its text keeps the character (an error when scored)
+            r.unfiltered = "oov"
+        else:
+            oov_unk += bool(oov)
         r.text = text
         candidates.append(r)
     index = {id(r): i for i, r in enumerate(pending)}
@@ -672,8 +691,10 @@ def _summary(src, kind, config, fp, vocab_source, vocab_size, rows, held, kept, 
         for r, d in k:
             secs[r.speaker] += d
         total = sum(secs.values())
+        unfiltered = Counter(r.unfiltered for r, _ in k if r.unfiltered)
         splits[split] = {
             "read": read[split], "kept": len(k), "skipped": dict(sorted(reasons.items())),
+            "kept_unfiltered": dict(sorted(unfiltered.items())),  # kept rows the train filters would drop, per reason
             "hours": round(total / 3600, 6), "speakers": len(secs),
             "top_speakers": [[s[:16], round(t / total, 4)] for s, t in secs.most_common(5)] if total else [],
         }
@@ -691,6 +712,10 @@ def _summary(src, kind, config, fp, vocab_source, vocab_size, rows, held, kept, 
         warnings.append(f"{oov_unk} kept transcripts hold characters outside the vocabulary (mapped to [UNK])")
     for w in warnings:
         logger.warning("%s", w)
+    for s, info in splits.items():
+        if info["kept_unfiltered"]:
+            logger.info("%s: kept %s that training's filters would drop (scored as they are; --filter-eval drops them)",
+                        s, _counts(info["kept_unfiltered"]))
     return {
         "format": FORMAT_VERSION, "source": str(src), "source_kind": kind, "fingerprint": fp,
         "config": config.to_dict(), "vocab": {"source": vocab_source, "size": vocab_size},
@@ -704,10 +729,25 @@ def format_summary(summary: dict) -> list[str]:
     """Lines for the terminal: per split, kept + skipped per reason = read, hours and speakers."""
     lines = []
     for split, s in summary["splits"].items():
-        why = ", ".join(f"{n} {r}" for r, n in s["skipped"].items()) or "none"
+        why = _counts(s["skipped"]) or "none"
+        unfiltered = s.get("kept_unfiltered")
         lines.append(f"{split}: {s['kept']} kept + {sum(s['skipped'].values())} skipped ({why}) = {s['read']} read; "
-                     f"{s['hours']:.3f} h, {s['speakers']} speaker(s)")
+                     f"{s['hours']:.3f} h, {s['speakers']} speaker(s)"
+                     + (f"; kept unfiltered (for scoring): {_counts(unfiltered)}" if unfiltered else ""))
     return lines
+
+
+def _counts(by_reason: dict) -> str:
+    return ", ".join(f"{n} {r}" for r, n in by_reason.items())
+
+
+def split_record(directory: str | Path, split: str) -> dict | None:
+    """What `prepare` recorded for `split` of the dataset in `directory` (read, kept, skipped and
+    kept_unfiltered per reason), or None for a dataset written by other means (no summary.json)."""
+    path = Path(directory) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("splits", {}).get(split)
 
 
 def load_prepared(directory: str | Path):

@@ -75,7 +75,7 @@ def make_faulty_cv(yo_cv: Path, dst: Path) -> dict:
         _row(g[7][0], g[7][1]),  # also in test: the test copy is kept
     ]
     dev = [_row(g[6][0], g[0][1], speaker="spk2"),  # a sentence of train: no OOV by chance
-            _row(g[8][0], "жук " + g[8][1], speaker="spk2")]  # OOV
+            _row(g[8][0], "жук " + g[8][1], speaker="spk2")]  # OOV: kept in dev (dropped with filter_eval)
     test = [_row(g[7][0], g[7][1], speaker="spk3")]
     _write_tsv(dst / "train.tsv", train)
     _write_tsv(dst / "dev.tsv", dev)
@@ -85,11 +85,11 @@ def make_faulty_cv(yo_cv: Path, dst: Path) -> dict:
         ("train", "notaudio", "not_audio"), ("train", "passwd", "unsafe_path"), ("train", "secret", "unsafe_path"),
         ("train", "passwd", "unsafe_path"), ("train", "short", "too_short"), ("train", stem[4], "empty_text"),
         ("train", stem[0], "duplicate"), ("train", stem[5], "down_voted"), ("train", stem[7], "duplicate"),
-        ("dev", stem[8], "oov"),
     ]
     return {
-        "kept": {"train": stem[:4], "dev": [stem[6]], "test": [stem[7]]},
+        "kept": {"train": stem[:4], "dev": [stem[6], stem[8]], "test": [stem[7]]},
         "skipped": skipped,
+        "unfiltered": [("dev", stem[8], "oov")],  # kept for scoring; skipped with filter_eval=True
         "read": {"train": len(train), "dev": len(dev), "test": len(test)},
     }
 
@@ -154,3 +154,51 @@ def make_fsdd_dataset(fsdd: Path, out: Path, n_train: int, n_dev: int, n_test: i
     datasets.DatasetDict(splits).save_to_disk(str(out))
     Vocab.from_chars("".join(r[1] for r in rows), NormalizerConfig()).save(out / "vocab")
     return out
+
+
+def make_eval_cv(yo_cv: Path, dst: Path, max_duration: float = 20.0) -> dict:
+    """A CV folder whose train, dev and test each hold a clip longer than `max_duration` (real clips joined
+    into a WAV) and a transcript with a Cyrillic word (outside the Yoruba vocabulary), beside plain clips;
+    test also holds a truncated clip and an empty transcript. Returns {"long": {split: id}, "oov": {split: id},
+    "faults": {split: {reason: n}}} (the hard faults)."""
+    import soundfile as sf
+
+    from lrl.audio import SAMPLE_RATE, load_audio
+
+    (dst / "clips").mkdir(parents=True)
+    real = yo_rows(yo_cv, "train")
+    it = iter(real)
+    tables, long_ids, oov_ids = {}, {}, {}
+    for split in ("train", "dev", "test"):
+        rows = []
+        for _ in range(3 if split == "train" else 1):
+            r = next(it)
+            shutil.copy(yo_cv / "clips" / r["path"], dst / "clips" / r["path"])
+            rows.append(_row(r["path"], r["sentence"], speaker=f"spk-{split}"))
+        r = next(it)
+        shutil.copy(yo_cv / "clips" / r["path"], dst / "clips" / r["path"])
+        rows.append(_row(r["path"], "жук " + r["sentence"], speaker=f"spk-{split}"))
+        oov_ids[split] = Path(r["path"]).stem
+        parts, sentences = [], []
+        while sum(len(p) for p in parts) <= (max_duration + 1) * SAMPLE_RATE:
+            r = next(it)
+            parts.append(load_audio(yo_cv / "clips" / r["path"]))
+            sentences.append(r["sentence"])
+        sf.write(dst / "clips" / f"long_{split}.wav", np.concatenate(parts), SAMPLE_RATE, subtype="FLOAT")
+        rows.append(_row(f"long_{split}.wav", " ".join(sentences), speaker=f"spk-{split}"))
+        long_ids[split] = f"long_{split}"
+        tables[split] = rows
+    src = (yo_cv / "clips" / next(it)["path"]).read_bytes()
+    (dst / "clips" / "cut.mp3").write_bytes(src[: len(src) // 3])
+    tables["test"] += [_row("cut.mp3", "ó dára", speaker="spk-test"), _row(tables["test"][0]["path"], " ... ")]
+    for split, rows in tables.items():
+        _write_tsv(dst / f"{split}.tsv", rows)
+    return {"long": long_ids, "oov": oov_ids, "faults": {"test": {"truncated": 1, "empty_text": 1}}}
+
+
+def yo_vocab(yo_cv: Path, dst: Path) -> Path:
+    """The vocabulary of every yo-cv train transcript, saved in `dst` (a Yoruba alphabet without Cyrillic)."""
+    from lrl.vocab import build_vocab
+
+    build_vocab([r["sentence"] for r in yo_rows(yo_cv, "train")]).vocab.save(dst)
+    return dst

@@ -48,3 +48,20 @@ def test_app_is_the_console_script():
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["scripts"]["lrl"] == "lrl.cli:app"
     assert app.info.name == "lrl"
+
+
+def test_data_card_lands_inside_the_output_unless_card_dir_says_otherwise(yo_cv, tmp_path, cli, monkeypatch):
+    from corpus_fixtures import copy_cv
+
+    src = copy_cv(yo_cv, tmp_path / "cv", n_train=2, n_test=1)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "ds"
+    r = cli("data", "prepare", src, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "data_cards" / f"{src.name}.md").is_file() and not (tmp_path / "data_cards").exists()
+    assert f"card: {out / 'data_cards' / src.name}.md" in r.output
+    assert cli("data", "card", out, "--name", "again").exit_code == 0
+    assert (out / "data_cards" / "again.md").is_file() and not (tmp_path / "data_cards").exists()
+    r = cli("data", "prepare", src, "--out", out, "--card-dir", tmp_path / "cards")
+    assert r.exit_code == 0 and "reused" in r.output
+    assert (tmp_path / "cards" / f"{src.name}.md").is_file() and (tmp_path / "cards" / f"{src.name}_durations.png").is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_fixtures import copy_cv, fsdd_manifest, make_faulty_cv
+from corpus_fixtures import copy_cv, fsdd_manifest, make_eval_cv, make_faulty_cv, yo_vocab
 
 from lrl.audio import SAMPLE_RATE, AudioError, load_audio
 from lrl.data import PrepareConfig, load_prepared, prepare
@@ -109,6 +109,8 @@ def test_planted_faults_give_exact_rows_and_reasons(yo_cv, tmp_path):
     assert {s: list(dd[s]["id"]) for s in dd} == expected["kept"]
     got = Counter((r["split"], r["id"], r["reason"]) for r in _skipped(out))
     assert got == Counter(expected["skipped"])
+    for split, rid, reason in expected["unfiltered"]:
+        assert summary["splits"][split]["kept_unfiltered"] == {reason: 1} and rid in dd[split]["id"]
     for split, n in expected["read"].items():
         s = summary["splits"][split]
         assert s["kept"] + sum(s["skipped"].values()) == n == s["read"]
@@ -116,6 +118,38 @@ def test_planted_faults_give_exact_rows_and_reasons(yo_cv, tmp_path):
     assert any("both train and" in w for w in summary["warnings"]) is False  # speakers differ across splits
     x = dd["train"].with_format("numpy")[0]
     assert x["audio"].dtype == np.float32 and abs(x["duration"] - len(x["audio"]) / SAMPLE_RATE) < 1e-9
+
+
+def test_filter_eval_applies_the_content_filters_to_dev_too(yo_cv, tmp_path):
+    expected = make_faulty_cv(yo_cv, tmp_path / "cv")
+    summary = prepare(tmp_path / "cv", tmp_path / "ds", PrepareConfig(filter_eval=True))
+    got = Counter((r["split"], r["id"], r["reason"]) for r in _skipped(tmp_path / "ds"))
+    assert got == Counter(expected["skipped"] + expected["unfiltered"])
+    assert all(not s["kept_unfiltered"] for s in summary["splits"].values())
+
+
+def test_eval_splits_keep_long_and_oov_rows_that_train_drops(yo_cv, tmp_path):
+    planted = make_eval_cv(yo_cv, tmp_path / "cv")
+    vocab_dir = yo_vocab(yo_cv, tmp_path / "vocab")
+    cfg = PrepareConfig()
+    summary = prepare(tmp_path / "cv", tmp_path / "ds", cfg, vocab_dir=vocab_dir)
+    dd, vocab = load_prepared(tmp_path / "ds")
+    skipped = {(r["split"], r["id"]): r["reason"] for r in _skipped(tmp_path / "ds")}
+    assert skipped[("train", planted["long"]["train"])] == "too_long"
+    assert skipped[("train", planted["oov"]["train"])] == "oov"
+    assert summary["splits"]["train"]["kept_unfiltered"] == {}
+    for split in ("dev", "test"):
+        rows = {r["id"]: r for r in dd[split]}
+        oov_text = rows[planted["oov"][split]]["text"]
+        assert vocab.oov_chars(oov_text) and oov_text.split()[0] == "жук"  # normalised, the word kept whole
+        assert rows[planted["long"][split]]["duration"] > cfg.max_duration
+        assert summary["splits"][split]["kept_unfiltered"] == {"oov": 1, "too_long": 1}
+        assert summary["splits"][split]["skipped"] == planted["faults"].get(split, {})  # hard faults still skip
+    strict = prepare(tmp_path / "cv", tmp_path / "strict", PrepareConfig(filter_eval=True), vocab_dir=vocab_dir)
+    for split in ("dev", "test"):
+        s = strict["splits"][split]
+        assert s["kept"] == summary["splits"][split]["kept"] - 2 and s["kept_unfiltered"] == {}
+        assert s["skipped"] == {**planted["faults"].get(split, {}), "oov": 1, "too_long": 1}
 
 
 def test_oov_unk_keeps_row_and_vocab_dir_is_used(yo_cv, tmp_path):
@@ -346,6 +380,7 @@ def test_card_lists_skips_and_characters(yo_cv, tmp_path, cli):
     for reason in {r for _, _, r in expected["skipped"]}:
         assert f"| {reason} " in card.text or f" {reason} |" in card.text
     assert "LATIN SMALL LETTER O WITH DOT BELOW" in card.text
+    assert "## Kept for scoring" in card.text and "dev: 1 oov" in card.text  # the OOV dev row, kept
     assert f"lrl data prepare {tmp_path / 'cv'} --out ds --licence cc0-1.0" in card.text
     assert (tmp_path / "cards" / "faulty_chars_per_second.png").is_file()
 
