@@ -190,10 +190,10 @@ def data_prepare(
     max_duration: Annotated[float, typer.Option(help="Longest clip kept, seconds.")] = 20.0,
     max_chars_per_second: Annotated[float, typer.Option(help="Skip transcripts longer than this per second of audio (CTC needs frames >= labels).")] = 25.0,
     oov: Annotated[OovOpt, typer.Option(help="Transcripts with characters outside the vocabulary: drop the row, or keep it ([UNK]).")] = OovOpt.drop,
+    filter_eval: Annotated[bool, typer.Option(help="Apply the content filters (OOV, duration, chars/s) to dev/test too; by default only train drops such rows and dev/test keep them for scoring.")] = False,
     check_votes: Annotated[bool, typer.Option(help="CV: skip rows with down_votes >= up_votes.")] = True,
     text_column: Annotated[str | None, typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = None,
     audio_column: Annotated[str | None, typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = None,
-    filter_eval: Annotated[bool, typer.Option(help="Apply the content filters (OOV, duration, chars/s) to dev/test too; by default only train drops such rows and dev/test keep them for scoring.")] = False,
     num_proc: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
     language: Annotated[str | None, typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = None,
     licence: Annotated[str | None, typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = None,
@@ -581,16 +581,17 @@ def evaluate(
     batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = 60.0,
     cache: Annotated[bool, typer.Option(help="Reuse/keep log-probs in DATA/.lrl-cache/logits.")] = True,
     workers: Annotated[int, typer.Option(help="LM decoding processes (0 = all cores).", min=0)] = 0,
+    chunk_seconds: Annotated[float, typer.Option(help="Clips longer than this are run in overlapping chunks of this many seconds.")] = 20.0,
+    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = 2.0,
 ) -> None:
-    """WER/CER of a model on a prepared split, greedy and with an LM."""
+    """WER/CER of a model on a prepared split, greedy and with an LM; rows not scored are counted with their reason."""
     from lrl.evaluate import EvalConfig
     from lrl.evaluate import evaluate as run_evaluate
 
-    cfg = EvalConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers)
+    cfg = EvalConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
+                     chunk_seconds=chunk_seconds, stride_seconds=stride_seconds)
     r = run_evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
-    skipped = ", ".join(f"{n} {why}" for why, n in r.skipped.items())
-    typer.echo(f"{split}: {r.n} utterances" + (f" ({skipped} skipped)" if skipped else "")
-               + ("; log-probs from the cache" if r.cached else ""))
+    typer.echo(r.counts() + ("; log-probs from the cache" if r.cached else ""))
     if r.decoder:
         typer.echo(f"LM {r.decoder['lm']} alpha={r.decoder['alpha']:g} beta={r.decoder['beta']:g} beam={r.decoder['beam_width']}")
     typer.echo(r.table())

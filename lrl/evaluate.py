@@ -1,6 +1,7 @@
 """Evaluating a CTC model: log-probs of a prepared split computed once and cached on disk (keyed by the
 model's weights + config and the split's fingerprint), greedy and LM decoding side by side, WER/CER with
-jiwer on text normalised by the model's own normaliser, a per-utterance TSV and real-time factors;
+jiwer on text normalised by the model's own normaliser (clips longer than a chunk run in overlapping
+chunks; rows the data preparation left out are counted as not scored), a per-utterance TSV and real-time factors;
 tuning alpha/beta (and beam width) on cached dev log-probs in parallel, with a heatmap; transcription of
 audio files in overlapping chunks with word timestamps.
 """
@@ -11,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ CACHE_VERSION = 1  # bump when the cached arrays change meaning
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 UTTERANCES_FILE = "utterances.tsv"
 SUMMARY_FILE = "summary.json"
+CHUNK_SECONDS = 20.0  # audio per forward pass of long clips (= the default longest training clip)
+STRIDE_SECONDS = 2.0  # context on each side of a chunk whose frames are dropped when merging
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,11 @@ class EvalConfig:
     cache: bool = True  # reuse cached log-probs (DATA/.lrl-cache/logits/<key>.npz)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     lm_workers: int = 0  # processes for LM decoding; 0 = all cores
+    chunk_seconds: float = CHUNK_SECONDS  # clips longer than this run in overlapping chunks, as `lrl transcribe`
+    stride_seconds: float = STRIDE_SECONDS  # context on each side of a chunk, dropped when merging
 
     def __post_init__(self) -> None:
+        self.chunking()  # validates chunk_seconds / stride_seconds
         if not self.split:
             raise ValueError("split must be a split name such as 'test' or 'dev'")
         if self.batch_seconds <= 0:
@@ -49,6 +56,9 @@ class EvalConfig:
             raise ValueError(f"threads must be >= 0 (0 = default), got {self.threads}")
         if self.lm_workers < 0:
             raise ValueError(f"lm_workers must be >= 0 (0 = all cores), got {self.lm_workers}")
+
+    def chunking(self) -> TranscribeConfig:
+        return TranscribeConfig(chunk_seconds=self.chunk_seconds, stride_seconds=self.stride_seconds)
 
 
 # -- the acoustic model ---------------------------------------------------------------------------------
@@ -136,6 +146,7 @@ class SplitLogProbs:
     frame_seconds: float
     cached: bool = False
     key: str = ""
+    split_rows: int = -1  # rows of the split before max_utterances (-1: as many as ids)
 
     @property
     def audio_seconds(self) -> float:
@@ -148,7 +159,7 @@ def _save_cache(path: Path, s: SplitLogProbs) -> None:
     lengths = np.array([len(x) for x in s.logps], dtype=np.int64)
     flat = np.concatenate(s.logps).astype(np.float32) if s.logps else np.zeros((0, 0), np.float32)
     meta = {"version": CACHE_VERSION, "ids": s.ids, "refs": s.refs, "durations": s.durations,
-            "model_seconds": s.model_seconds, "frame_seconds": s.frame_seconds}
+            "model_seconds": s.model_seconds, "frame_seconds": s.frame_seconds, "split_rows": s.split_rows}
     buf = io.BytesIO()
     np.savez(buf, logp=flat, lengths=lengths, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     atomic_write_bytes(path, buf.getvalue())
@@ -167,12 +178,13 @@ def _load_cache(path: Path, key: str) -> SplitLogProbs | None:
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     logps = [flat[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
     return SplitLogProbs(meta["ids"], meta["refs"], meta["durations"], logps, meta["model_seconds"],
-                         meta["frame_seconds"], cached=True, key=key)
+                         meta["frame_seconds"], cached=True, key=key, split_rows=meta.get("split_rows", -1))
 
 
 def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: EvalConfig | None = None) -> SplitLogProbs:
     """Log-probs of `config.split` of a prepared dataset, from the cache when the model weights/config and
-    the split's fingerprint are unchanged; computed with the model (and cached) otherwise."""
+    the split's fingerprint are unchanged; computed with the model (and cached) otherwise. Clips longer than
+    `config.chunk_seconds` run in overlapping chunks (`chunked_log_probs`), so memory stays bounded."""
     from lrl.data import load_prepared
 
     config = config or EvalConfig()
@@ -181,12 +193,14 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: EvalCon
     if config.split not in dd:
         raise LrlError(f"{data_dir} has no split {config.split!r}; it has {sorted(dd)}. Choose one with --split.")
     ds = dd[config.split]
+    split_rows = len(ds)
     if config.max_utterances is not None:
         ds = ds.select(range(min(config.max_utterances, len(ds))))
     # the split's fingerprint, plus its Arrow files' sizes and times (a dataset rewritten by other means)
     files = sorted((Path(f["filename"]).name, Path(f["filename"]).stat().st_size, Path(f["filename"]).stat().st_mtime_ns)
                    for f in ds.cache_files if Path(f["filename"]).is_file())
-    key_src = f"{CACHE_VERSION}|{model_fingerprint(model_dir)}|{ds._fingerprint}|{files}|{config.split}|{len(ds)}"
+    key_src = (f"{CACHE_VERSION}|{model_fingerprint(model_dir)}|{ds._fingerprint}|{files}|{config.split}|{len(ds)}|"
+               f"{config.chunk_seconds}|{config.stride_seconds}")
     key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     path = data_dir / CACHE_DIR / f"{key}.npz"
     if config.cache and path.is_file():
@@ -201,9 +215,12 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: EvalCon
     durations = [float(x) for x in list(ds["duration"])]
     waves = [np.asarray(a, dtype=np.float32) for a in list(ds["audio"])]
     t0 = time.perf_counter()
-    logps = am.log_probs(waves, config.batch_seconds)
+    long = [len(w) > config.chunk_seconds * am.sample_rate for w in waves]
+    batched = iter(am.log_probs([w for w, x in zip(waves, long, strict=True) if not x], config.batch_seconds))
+    logps = [chunked_log_probs(am, w, config.chunking()) if x else next(batched) for w, x in zip(waves, long, strict=True)]
     seconds = time.perf_counter() - t0
-    out = SplitLogProbs(ids, refs, durations, logps, seconds, am.frame_seconds, cached=False, key=key)
+    out = SplitLogProbs(ids, refs, durations, logps, seconds, am.frame_seconds, cached=False, key=key,
+                        split_rows=split_rows)
     if config.cache:
         _save_cache(path, out)
     logger.info("log-probs of %d utterances (%.1f s audio) in %.1f s (RTF %.3f)", len(ids), out.audio_seconds,
@@ -270,8 +287,9 @@ def word_errors(ref: str, hyp: str) -> int:
 @dataclass
 class EvalResult:
     split: str
-    n: int
-    skipped: dict
+    n: int  # utterances scored
+    not_scored: dict  # rows of the split not scored, per reason: what `lrl data prepare` skipped (skipped.tsv),
+    # empty_reference (empty under the model's normaliser), max_utterances (left out by --max-utterances)
     greedy: Score
     lm: Score | None
     rtf_model: float  # model seconds per audio second (from when the log-probs were computed)
@@ -280,6 +298,22 @@ class EvalResult:
     cached: bool
     decoder: dict = field(default_factory=dict)
     out_dir: Path | None = None
+    chunked: int = 0  # scored clips longer than chunk_seconds, run in overlapping chunks
+    kept_unfiltered: dict = field(default_factory=dict)  # rows prepare kept that training's filters would drop
+    prepare_record: bool = True  # False: no summary.json, so rows dropped before the dataset are not counted
+
+    def counts(self) -> str:
+        """'test: 347 scored, 3 not scored (truncated 2, empty_text 1)'."""
+        why = ", ".join(f"{r} {n}" for r, n in self.not_scored.items())
+        line = f"{self.split}: {self.n} scored, {sum(self.not_scored.values())} not scored" + (f" ({why})" if why else "")
+        if not self.prepare_record:
+            line += " (no prepare summary.json: rows dropped before the dataset are unknown)"
+        if self.kept_unfiltered:
+            line += "; kept for scoring though training would drop them: " + ", ".join(
+                f"{r} {n}" for r, n in self.kept_unfiltered.items())
+        if self.chunked:
+            line += f"; {self.chunked} long clip(s) scored in chunks"
+        return line
 
     def table(self) -> str:
         rows = [("greedy", self.greedy, self.rtf_greedy)]
@@ -302,7 +336,9 @@ def evaluate(
     out_dir: str | Path | None = None,
 ) -> EvalResult:
     """WER/CER of a model on a split, greedy and (when an LM is given or installed in the model dir) with
-    beam search, written to OUT/utterances.tsv and OUT/summary.json (OUT defaults to MODEL/eval-<split>)."""
+    beam search, written to OUT/utterances.tsv and OUT/summary.json (OUT defaults to MODEL/eval-<split>).
+    Every row of the split is scored or counted in `not_scored` with its reason."""
+    from lrl.data import split_record
     from lrl.decode import CTCDecoder
     from lrl.text import Normalizer
     from lrl.vocab import Vocab
@@ -316,12 +352,14 @@ def evaluate(
     if with_lm:
         _warn_if_flat(logps.logps)
 
-    keep, skipped = [], {"empty reference": 0}
-    refs = []
+    record = split_record(data_dir, config.split)
+    not_scored = Counter(record.get("skipped", {}) if record else {})
+    not_scored["max_utterances"] = max(0, logps.split_rows - len(logps.ids))
+    keep, refs = [], []
     for i, r in enumerate(logps.refs):
         text = norm(r)
         if not text:
-            skipped["empty reference"] += 1
+            not_scored["empty_reference"] += 1
             continue
         keep.append(i)
         refs.append(text)
@@ -349,16 +387,18 @@ def evaluate(
     atomic_write_text(out_dir / UTTERANCES_FILE, "\n".join(lines) + "\n")
 
     res = EvalResult(
-        split=config.split, n=len(keep), skipped={k: v for k, v in skipped.items() if v},
+        split=config.split, n=len(keep), not_scored={k: v for k, v in sorted(not_scored.items()) if v},
         greedy=score(refs, greedy), lm=score(refs, lm_hyps) if lm_hyps is not None else None,
         rtf_model=logps.model_seconds / max(logps.audio_seconds, 1e-9), rtf_greedy=t_greedy / audio,
         rtf_lm=t_lm / audio if t_lm is not None else None, cached=logps.cached,
         decoder={"lm": str(decoder.lm_path) if with_lm else None, **{k: getattr(decoder.config, k) for k in (
             "alpha", "beta", "beam_width")}} if with_lm else {},
-        out_dir=out_dir,
+        out_dir=out_dir, chunked=sum(logps.durations[i] > config.chunk_seconds for i in keep),
+        kept_unfiltered=dict(record.get("kept_unfiltered", {})) if record else {}, prepare_record=record is not None,
     )
     summary = {k: v for k, v in asdict(res).items() if k != "out_dir"}
-    summary.update(model=str(model_dir), data=str(data_dir), audio_seconds=audio, cache_key=logps.key)
+    summary.update(model=str(model_dir), data=str(data_dir), audio_seconds=audio, cache_key=logps.key,
+                   counts=res.counts())
     atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
     return res
 
@@ -585,8 +625,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 class TranscribeConfig:
     """How long audio is cut and decoded."""
 
-    chunk_seconds: float = 20.0  # audio per forward pass
-    stride_seconds: float = 2.0  # context on each side of a chunk whose frames are dropped when merging
+    chunk_seconds: float = CHUNK_SECONDS  # audio per forward pass
+    stride_seconds: float = STRIDE_SECONDS  # context on each side of a chunk whose frames are dropped when merging
     use_lm: bool = True  # beam search with the model's LM (MODEL/language_model) when there is one
 
     def __post_init__(self) -> None:

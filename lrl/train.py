@@ -43,6 +43,14 @@ SAMPLE_RATE = 16000  # lrl.audio.SAMPLE_RATE: prepared datasets hold 16 kHz audi
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "training_curves.png"
 BLANK_WER = 0.999  # a dev WER at or above this with (almost) empty predictions = the all-blank plateau
+# Longest dev/test clip scored inside training. Dev/test keep clips above the training max_duration (lrl.data
+# EVAL_SPLITS); eval batches are eval_batch_size clips with attention memory growing with the square of the
+# length (8 clips of 60 s: 3000 frames, ~4.6 GB of fp32 scores per layer for 16 heads). Longer ones are left
+# out here, with a warning; `lrl evaluate` scores them in chunks.
+EVAL_MAX_SECONDS = 60.0
+# [UNK] as one character when scoring, as `lrl evaluate` writes it (U+2047) in hypotheses; in references it
+# stands for a character the vocabulary lacks (U+FFFD), so it never matches and counts as one error.
+HYP_UNK, REF_UNK = "\u2047", "\ufffd"
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -107,8 +115,9 @@ def make_compute_metrics(tokenizer):
         ids = np.where(ids < 0, pad, ids)
         labels = np.asarray(pred.label_ids)
         labels = np.where(labels < 0, pad, labels)
-        hyps = tokenizer.batch_decode(ids)
-        refs = tokenizer.batch_decode(labels, group_tokens=False)
+        unk = tokenizer.unk_token
+        hyps = [h.replace(unk, HYP_UNK) for h in tokenizer.batch_decode(ids)]
+        refs = [r.replace(unk, REF_UNK) for r in tokenizer.batch_decode(labels, group_tokens=False)]
         pairs = [(r, h) for r, h in zip(refs, hyps, strict=True) if r.strip()]
         if not pairs:
             return {"wer": 1.0, "cer": 1.0, "blank_rate": 1.0}
@@ -355,9 +364,15 @@ def last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
-def _by_duration(ds):
-    """The split sorted by duration (evaluation batches then need little padding)."""
-    return ds.select(np.argsort(np.asarray(ds["duration"], dtype=np.float64), kind="stable").tolist())
+def _by_duration(ds, name: str = "dev"):
+    """The split sorted by duration (evaluation batches then need little padding), without clips longer than
+    EVAL_MAX_SECONDS (counted in a warning)."""
+    d = np.asarray(ds["duration"], dtype=np.float64)
+    n_long = int((d > EVAL_MAX_SECONDS).sum())
+    if n_long:
+        logger.warning("%s: %d of %d clips are longer than %g s and are left out of the evaluation inside training "
+                       "(memory); `lrl evaluate` scores every clip, long ones in chunks", name, n_long, len(d), EVAL_MAX_SECONDS)
+    return ds.select([i for i in np.argsort(d, kind="stable").tolist() if d[i] <= EVAL_MAX_SECONDS])
 
 
 def _resolve_recipe(cfg: TrainConfig, durations: list[float], world: int) -> tuple[TrainConfig, dict]:
@@ -430,9 +445,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     cfg, recipe_note = _resolve_recipe(cfg, durations, world)
     eval_ds = None
     if cfg.data.eval_split and cfg.data.eval_split in dsd and len(dsd[cfg.data.eval_split]):
-        eval_ds = _by_duration(dsd[cfg.data.eval_split])
+        eval_ds = _by_duration(dsd[cfg.data.eval_split], cfg.data.eval_split)
         if cfg.data.max_eval_clips and len(eval_ds) > cfg.data.max_eval_clips:
             eval_ds = eval_ds.select(range(cfg.data.max_eval_clips))
+        eval_ds = eval_ds if len(eval_ds) else None
     elif cfg.data.eval_split:
         logger.warning("no %r split in %s: training without evaluation or best-checkpoint selection",
                        cfg.data.eval_split, cfg.data.path)
@@ -546,11 +562,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if has_eval:
         metrics.update(trainer.evaluate())
     if cfg.data.test_split and cfg.data.test_split in dsd and len(dsd[cfg.data.test_split]):
-        test_ds = _by_duration(dsd[cfg.data.test_split]).select_columns(cols).with_format("numpy")
-        if has_eval:
-            metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
-        else:
+        test_ds = _by_duration(dsd[cfg.data.test_split], cfg.data.test_split).select_columns(cols).with_format("numpy")
+        if not has_eval:
             trainer.compute_metrics = make_compute_metrics(tokenizer)
+        if len(test_ds):
             metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus_fixtures import make_eval_cv, yo_vocab
 from ctc_helpers import make_logp
 
 from lrl.decode import CTCDecoder, DecoderConfig
@@ -20,6 +21,7 @@ from lrl.evaluate import (
     plot_heatmap,
     score,
     split_log_probs,
+    tune,
     tune_grid,
 )
 from lrl.vocab import build_vocab
@@ -99,6 +101,7 @@ def tiny_data(tmp_path, cat_vocab, rng):
         (TuneConfig, dict(beam_tolerance=-0.1), "beam_tolerance must be >= 0"),
         (TuneConfig, dict(workers=-2), "workers must be >= 0"),
         (TranscribeConfig, dict(chunk_seconds=0), "chunk_seconds must be > 0"),
+        (EvalConfig, dict(chunk_seconds=4, stride_seconds=2), r"stride_seconds must be in \[0, chunk_seconds/2"),
         (TranscribeConfig, dict(chunk_seconds=10, stride_seconds=5), r"stride_seconds must be in \[0, chunk_seconds/2"),
     ],
 )
@@ -172,6 +175,65 @@ def test_evaluate_greedy_and_lm_side_by_side(tiny_model, tiny_data, cli):
     out = cli("evaluate", tiny_model, tiny_data, "--split", "test", "--no-lm")
     assert out.exit_code == 0, out.output
     assert "log-probs from the cache" in out.output and "| greedy |" in out.output and "LM beam" not in out.output
+
+
+def test_evaluate_scores_long_and_oov_rows_and_counts_the_rest(yo_cv, tmp_path, cli, monkeypatch, one_thread):
+    """A prepared split with a clip above max_duration and a transcript with letters outside the vocabulary:
+    both are scored (the long clip in chunks, the unknown letters as errors); the rows prepare skipped are
+    reported as not scored, with their reasons."""
+    import jiwer
+
+    import lrl.evaluate
+    from lrl.data import load_prepared, prepare
+    from lrl.vocab import Vocab
+
+    planted = make_eval_cv(yo_cv, tmp_path / "cv")
+    prepare(tmp_path / "cv", tmp_path / "ds", vocab_dir=yo_vocab(yo_cv, tmp_path / "vocab"))
+    dd, _ = load_prepared(tmp_path / "ds")
+    model = save_tiny_model(tmp_path / "model", Vocab.load(tmp_path / "ds" / "vocab"))
+    calls = []
+    real_chunked = lrl.evaluate.chunked_log_probs
+
+    def spy(am, wave, config):
+        calls.append(len(wave))
+        return real_chunked(am, wave, config)
+
+    monkeypatch.setattr(lrl.evaluate, "chunked_log_probs", spy)
+    res = evaluate(model, tmp_path / "ds", EvalConfig(split="test", cache=False), use_lm=False)
+    test = {r["id"]: r for r in dd["test"]}
+    long = test[planted["long"]["test"]]
+    assert calls == [len(long["audio"])] and res.chunked == 1  # only the clip longer than a chunk
+    assert res.n == len(test) and res.not_scored == planted["faults"]["test"]
+    assert res.kept_unfiltered == {"oov": 1, "too_long": 1}
+    rows = {r[0]: r for r in (ln.split("\t") for ln in (res.out_dir / "utterances.tsv").read_text().splitlines()[1:])}
+    assert set(rows) == set(test)
+    ref, hyp = rows[planted["oov"]["test"]][2:4]
+    unknown = [ch for ch in ref if ch not in Vocab.load(model).chars and ch != " "]
+    assert unknown and not set(unknown) & set(hyp)  # the model cannot write them...
+    assert jiwer.process_characters(ref, hyp).substitutions + jiwer.process_characters(ref, hyp).deletions >= len(unknown)
+    refs, hyps = [r[2] for r in rows.values()], [r[3] for r in rows.values()]
+    assert res.greedy.cer == pytest.approx(jiwer.cer(refs, hyps), rel=1e-12)  # ...and they count, as every char
+    # the chunked log-probs cover the clip: one frame per 20 ms, give or take one per chunk join
+    am = lrl.evaluate.AcousticModel(model)
+    lp = split_log_probs(model, tmp_path / "ds", EvalConfig(split="test")).logps[list(test).index(long["id"])]
+    n_chunks = -(-len(long["audio"]) // (int(EvalConfig().chunk_seconds * am.sample_rate) - 2 * int(
+        EvalConfig().stride_seconds * am.sample_rate)))
+    assert abs(len(lp) - len(long["audio"]) / am.ratio) <= n_chunks
+    summary = json.loads((res.out_dir / "summary.json").read_text())
+    assert summary["not_scored"] == planted["faults"]["test"] and summary["counts"] == res.counts()
+    out = cli("evaluate", model, tmp_path / "ds", "--split", "test", "--no-lm", "--max-utterances", str(len(test) - 1))
+    assert out.exit_code == 0, out.output
+    n_faults = sum(planted["faults"]["test"].values())
+    assert f"test: {len(test) - 1} scored, {n_faults + 1} not scored (" in out.output and "max_utterances 1" in out.output
+    for reason, n in planted["faults"]["test"].items():
+        assert f"{reason} {n}" in out.output
+    # lm tune on dev (its long clip chunked too): every dev row is in the tuning set
+    calls.clear()
+    cfg = TuneConfig(alphas=(0.5,), betas=(1.0,), refine=False, beam_widths=(4,), workers=1)
+    tune(model, tmp_path / "ds", lm=TINY_ARPA, split="dev", config=cfg, install=False)
+    dev = {r["id"]: r for r in dd["dev"]}
+    assert calls == [len(dev[planted["long"]["dev"]]["audio"])]
+    assert json.loads((model / "decoder.json").read_text())["n_utterances"] == len(dev)
 
 
 def test_cli_evaluate_missing_split_is_one_line(tiny_model, tiny_data, cli):

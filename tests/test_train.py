@@ -198,6 +198,34 @@ def test_compute_metrics_decodes_greedy_ctc_and_scores_with_jiwer(tiny_data):
     assert m["blank_rate"] == 0.5
 
 
+def test_dev_rows_with_unknown_characters_and_long_clips_are_scored(tiny_data, caplog):
+    """Dev keeps transcripts with characters outside the vocabulary and clips above max_duration (lrl.data):
+    the collator maps the character to [UNK], the metrics count it as one character error, and clips longer
+    than EVAL_MAX_SECONDS are left out of the in-training evaluation with a warning."""
+    import datasets
+    import jiwer
+    from transformers import EvalPrediction
+
+    from lrl.train import EVAL_MAX_SECONDS, _by_duration
+
+    vocab = _vocab(tiny_data)
+    ref = "one twж"
+    assert "ж" not in vocab.chars
+    rows = [{"audio": np.zeros(16000 * 25, np.float32), "text": ref}, {"audio": np.zeros(8000, np.float32), "text": "six"}]
+    y = CTCCollator(vocab)(rows)["labels"].numpy()
+    assert y[0, ref.index("ж")] == vocab.token_to_id["[UNK]"]
+    perfect = np.where(y < 0, 0, y)  # the model writes every label, [UNK] included
+    m = make_compute_metrics(vocab.to_tokenizer())(EvalPrediction(predictions=perfect, label_ids=y))
+    # one character error (the unknown one) over the reference characters, one word error over the words
+    assert m["cer"] == pytest.approx(jiwer.cer([ref, "six"], ["one tw?", "six"]), rel=1e-12)
+    assert m["wer"] == pytest.approx(jiwer.wer([ref, "six"], ["one tw?", "six"]), rel=1e-12)
+    durations = [3.0, EVAL_MAX_SECONDS + 1, 25.0]
+    ds = datasets.Dataset.from_dict({"duration": durations, "id": ["a", "b", "c"]})
+    with caplog.at_level(logging.WARNING, logger="lrl.train"):
+        kept = _by_duration(ds, "dev")
+    assert list(kept["id"]) == ["a", "c"] and "1 of 3 clips are longer than" in caplog.text
+
+
 def test_all_blank_predictions_get_a_warning_with_causes(caplog):
     with caplog.at_level(logging.WARNING, logger="lrl.train"):
         assert warn_if_collapsed({"eval_wer": 1.0, "eval_blank_rate": 1.0}, 200, TrainConfig())
