@@ -17,6 +17,9 @@ from typing import Annotated
 
 import typer
 
+from lrl.cpu import set_openmp_env
+
+set_openmp_env()  # before any command loads torch: idle OpenMP threads sleep instead of spinning (lrl.cpu)
 app = typer.Typer(
     name="lrl",
     help="Speech recognition for low-resource languages: vocab -> data -> augment -> train -> lm -> evaluate.",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrl.cpu import set_torch_threads
 from lrl.io import LrlError, atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class EvalConfig:
     batch_seconds: float = 60.0  # audio per forward pass (utterances sorted by length, padded)
     max_utterances: int | None = None  # evaluate only the first N utterances of the split (quick looks)
     cache: bool = True  # reuse cached log-probs (DATA/.lrl-cache/logits/<key>.npz)
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 0  # torch CPU threads; 0 = automatic (lrl.cpu.choose_threads)
     lm_workers: int = 0  # processes for LM decoding; 0 = all cores
     chunk_seconds: float = CHUNK_SECONDS  # clips longer than this run in overlapping chunks, as `lrl transcribe`
     stride_seconds: float = STRIDE_SECONDS  # context on each side of a chunk, dropped when merging
@@ -72,8 +73,7 @@ class AcousticModel:
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise LrlError(f"{self.model_dir} is not a model directory (no config.json): pass the output of `lrl train`")
-        if threads:
-            torch.set_num_threads(threads)
+        set_torch_threads(threads)  # lrl.cpu: 0 = from the CPUs free right now
         self.model = Wav2Vec2ForCTC.from_pretrained(str(self.model_dir), dtype=torch.float32).eval()
         self.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(self.model_dir))
         self.sample_rate = int(self.feature_extractor.sampling_rate)

@@ -159,7 +159,8 @@ class TrainConfig:
     seed: int = 0  # model init, shuffling, augmentation
     precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
     resume: bool = False  # continue from the last checkpoint in output_dir
-    threads: int = 0  # torch CPU threads per process (0 = torch's default; 1 is often faster for tiny models on busy cores)
+    threads: int = 0  # torch CPU threads per process (0 = automatic, lrl.cpu.choose_threads: the CPUs other
+    # processes leave free, at most torch's default; an explicit count always wins)
     max_minutes: float = 0.0  # wall-clock training budget (0 = none): training stops when it is spent, and the
     # LR schedule's horizon is re-fitted to the updates that fit, so the LR still decays (cosine/linear)
     data: DataConfig = field(default_factory=DataConfig)
@@ -171,7 +172,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+            raise ValueError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.max_minutes < 0:
             raise ValueError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
         if self.recipe not in RECIPE_NAMES:

@@ -19,6 +19,7 @@ import numpy as np
 
 from lrl import featcache
 from lrl.batching import BatchingConfig
+from lrl.cpu import set_torch_threads
 from lrl.io import LrlError, atomic_write_text
 from lrl.runconfig import (
     CONFIG_FILE,
@@ -459,8 +460,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     processor = vocab.to_processor(SAMPLE_RATE)
     tokenizer = processor.tokenizer
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads, threads_note = set_torch_threads(cfg.threads)  # lrl.cpu: 0 = from the CPUs free right now
     torch.manual_seed(cfg.seed)
     overrides = dict(layerdrop=cfg.model.layerdrop, hidden_dropout=cfg.model.hidden_dropout,
                      final_dropout=cfg.model.final_dropout)
@@ -554,6 +554,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         save_config(cfg, out, {"vocab_size": len(tokenizer), "train_clips": len(durations),
                                "train_hours": round(sum(durations) / 3600, 4), "world_size": world,
                                "feature_cache": cache_note, "recipe": recipe_note,
+                               "threads": f"{threads}: {threads_note}",
                                "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
     with featcache.cached_front_end(model) if cache is not None else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=resume_from)
