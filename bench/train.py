@@ -8,6 +8,12 @@ Each arm runs one pass over the same clips in its own subprocess (peak RSS from 
 interleaved (A B C A B C ...) and repeated, and ratios are medians over the repeats.
 
     .venv/bin/python bench/train.py [--clips 160] [--repeats 2] [--max-seconds 60] [--threads 1]
+
+`--oversub` measures instead s/update of the same model on 16 s batches idle and beside 1 and 2 busy
+processes (`while True: pass`, started here and always killed), for torch's default threads, 2 threads
+with OMP_WAIT_POLICY=PASSIVE, 1 thread, and lrl's policy (lrl.cpu); one subprocess per cell, interleaved:
+
+    .venv/bin/python bench/train.py --oversub [--updates 20] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -135,6 +143,136 @@ def run_arm(arm: str, data: Path, ckpt: Path, clips: int, max_seconds: float, ba
     return out
 
 
+OVERSUB_ARMS = {  # arm -> (environment to add, torch threads: 0 = torch's default, -1 = lrl's policy)
+    "torch": ({}, 0),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+    "one_thread": ({}, 1),
+    "lrl": ({}, -1),  # lrl.cpu.set_openmp_env + set_torch_threads(0), the code path of `lrl train run`
+}
+OVERSUB_MAX_SECONDS = 16.0  # lrl's default padded seconds per batch (lrl.batching.DEFAULT_MAX_SECONDS)
+CELL_TIME_CAP_S = 40.0  # a cell stops timing after this (>= 5 updates), so spin-wait collapses stay bounded
+
+
+def run_cell(arm: str, data: Path, ckpt: Path, updates: int, warmup: int) -> dict:
+    """`warmup` + `updates` training updates on fixed 16 s batches; prints a JSON line with the step times."""
+    reason = "torch's default"
+    if OVERSUB_ARMS[arm][1] == -1:
+        from lrl.cpu import set_openmp_env
+
+        set_openmp_env()  # before torch loads, as lrl/cli.py does
+    import torch
+
+    if OVERSUB_ARMS[arm][1] == -1:
+        from lrl.cpu import set_torch_threads
+
+        _, reason = set_torch_threads(0)
+    elif OVERSUB_ARMS[arm][1]:
+        torch.set_num_threads(OVERSUB_ARMS[arm][1])
+    from lrl.batching import BatchingConfig, DynamicBatchSampler
+    from lrl.data import load_prepared
+    from lrl.model import load_for_ctc
+    from lrl.train import CTCCollator
+
+    torch.manual_seed(0)
+    dsd, vocab = load_prepared(data)
+    ds = dsd["train"].select(range(min(80, len(dsd["train"])))).select_columns(["audio", "text", "duration"])
+    ds = ds.with_format("numpy")
+    durations = [float(d) for d in ds["duration"]]
+    model = load_for_ctc(ckpt, len(vocab), 0, mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.0)
+    model.freeze_feature_encoder()
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    collate = CTCCollator(vocab)
+    batches = list(DynamicBatchSampler(durations, BatchingConfig(max_seconds=OVERSUB_MAX_SECONDS, seed=0)))
+    inputs = [collate([ds[i] for i in b]) for b in batches[: warmup + updates]]
+    times, started = [], time.perf_counter()
+    for k in range(warmup + updates):
+        t0 = time.perf_counter()
+        model(**inputs[k % len(inputs)]).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+            if len(times) >= 5 and time.perf_counter() - started > CELL_TIME_CAP_S:
+                break
+    out = {"arm": arm, "threads": torch.get_num_threads(), "reason": reason,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "updates": len(times),
+           "s_per_update": statistics.median(times), "mean_s": statistics.mean(times)}
+    print(json.dumps(out))
+    return out
+
+
+def _busy(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+
+
+def oversub(a: argparse.Namespace) -> None:
+    """Every arm idle and beside 1 and 2 busy processes; a table of median s/update and slowdown vs idle."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below kills the busy loops
+    loads, arms = (0, 1, 2), list(OVERSUB_ARMS)
+    results: dict[tuple[str, int], list[dict]] = {(arm, n): [] for arm in arms for n in loads}
+    started = time.perf_counter()
+    for r in range(a.repeats):
+        for j, n in enumerate(loads):
+            procs = _busy(n)
+            try:
+                time.sleep(1.0 if n else 0.0)
+                k = (r * len(loads) + j) % len(arms)  # rotate the arm order, so no arm always goes first
+                for arm in arms[k:] + arms[:k]:
+                    env = {key: v for key, v in os.environ.items() if key != "OMP_WAIT_POLICY"} | OVERSUB_ARMS[arm][0]
+                    cmd = [sys.executable, __file__, "--cell", arm, "--updates", str(a.updates)]
+                    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+                    if res.returncode:
+                        raise RuntimeError(f"cell {arm} beside {n} busy failed:\n{res.stderr[-3000:]}")
+                    row = json.loads(res.stdout.strip().splitlines()[-1])
+                    results[(arm, n)].append(row)
+                    print(n, json.dumps(row), flush=True)
+            finally:
+                _stop(procs)
+    took = time.perf_counter() - started
+
+    def med(arm: str, n: int) -> float:
+        return statistics.median(row["s_per_update"] for row in results[(arm, n)])
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if ln.startswith("Model name")), "unknown CPU")
+    labels = {"torch": "torch default (its thread count, OpenMP spin-waits)",
+              "passive": "torch default threads + OMP_WAIT_POLICY=PASSIVE",
+              "one_thread": "1 thread (`--set threads=1`)",
+              "lrl": "lrl policy (`threads=0`: lrl.cpu, PASSIVE + free CPUs)"}
+    lines = [
+        f"{os.cpu_count()} CPUs ({cpu}); yo-cv, `tiny_config(\"small\")`, lrl batches of <= {OVERSUB_MAX_SECONDS:g} s "
+        f"padded audio, median over {a.updates} updates after 3 warm-up ones (a cell stops after {CELL_TIME_CAP_S:g} s), "
+        f"each cell in its own process, arms interleaved under the same busy processes (`python -c \"while True: pass\"`), "
+        f"{a.repeats} repeat(s); {took / 60:.1f} min in all.",
+        "",
+        "| arm | threads per repeat (idle / 1 busy / 2 busy) | s/update idle | 1 busy | 2 busy | slowdown 1 busy | "
+        "slowdown 2 busy | 1 busy vs torch idle | 2 busy vs torch idle |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = med("torch", 0)
+    for arm in arms:
+        thr = " / ".join(",".join(str(row["threads"]) for row in results[(arm, n)]) for n in loads)
+        lines.append(f"| {labels[arm]} | {thr} | {med(arm, 0):.3f} | {med(arm, 1):.3f} | {med(arm, 2):.3f} | "
+                     f"{med(arm, 1) / med(arm, 0):.2f}x | {med(arm, 2) / med(arm, 0):.2f}x | "
+                     f"{med(arm, 1) / base:.2f}x | {med(arm, 2) / base:.2f}x |")
+    lines += ["", "lrl's choices (the sample sees every other process, ours and the machine's): " + "; ".join(
+        f"{n} busy: " + " / ".join(row["reason"] for row in results[("lrl", n)]) for n in loads) + "."]
+    md = "\n".join(lines)
+    print(md)
+    if a.write:
+        from _results import update_section
+
+        update_section("train-oversub", md, command="python bench/train.py " + " ".join(sys.argv[1:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=160, help="training clips per pass")
@@ -144,8 +282,18 @@ def main() -> None:
     ap.add_argument("--arm", help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--oversub", action="store_true", help="s/update idle vs beside 1 and 2 busy processes, per thread policy")
+    ap.add_argument("--updates", type=int, default=20, help="--oversub: timed updates per cell (after 3 warm-up ones)")
+    ap.add_argument("--no-write", dest="write", action="store_false", help="--oversub: print only, leave RESULTS.md")
+    ap.add_argument("--cell", choices=list(OVERSUB_ARMS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     data, ckpt = prepare(WORK)
+    if a.cell:
+        run_cell(a.cell, data, ckpt, a.updates, warmup=3)
+        return
+    if a.oversub:
+        oversub(a)
+        return
     if a.arm:
         run_arm(a.arm, data, ckpt, a.clips, a.max_seconds, a.batch_size, a.threads, a.flops)
         return
