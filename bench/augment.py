@@ -60,7 +60,7 @@ def time_baseline(aug, clips, gen) -> float:
 
 def measure(config, clips, repeats: int) -> tuple[float, float, float]:
     """(candidate x RT, baseline x RT, median time ratio candidate/baseline)."""
-    from lrl.augment import WaveAugmenter
+    from lrl.augment.wave import WaveAugmenter
 
     audio_s = sum(len(x) for x in clips) / SR
     aug = WaveAugmenter(config, seed=0)
@@ -77,7 +77,7 @@ def measure(config, clips, repeats: int) -> tuple[float, float, float]:
 def folders(tmp: Path, shared: Path) -> tuple[str, str]:
     import soundfile as sf
 
-    from lrl.audio import load_audio
+    from lrl.core.audio import load_audio
 
     rir, noise = tmp / "rir", tmp / "noise"
     rir.mkdir(), noise.mkdir()
@@ -103,7 +103,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from _results import update_section
 
-    from lrl.augment import WAVE_PRESETS, WaveAugmentConfig
+    from lrl.augment.wave import WAVE_PRESETS, WaveAugmentConfig
 
     clips = load_clips(args.corpus, args.clips)
     audio_s = sum(len(x) for x in clips) / SR

@@ -78,10 +78,10 @@ def main() -> None:
     from _results import update_section
     from pyctcdecode import build_ctcdecoder
 
-    from lrl.decode import CTCDecoder, DecoderConfig, available_cores
-    from lrl.lm import find_lm, labels_for_vocab, read_unigrams
-    from lrl.text import Normalizer
-    from lrl.vocab import Vocab
+    from lrl.core.text import Normalizer
+    from lrl.data.vocab import Vocab
+    from lrl.decode.decoder import CTCDecoder, DecoderConfig, available_cores
+    from lrl.decode.lm import find_lm, labels_for_vocab, read_unigrams
 
     logging.basicConfig(level=logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="lrl-bench-decode-"))
@@ -92,7 +92,7 @@ def main() -> None:
                            check=True, capture_output=True, text=True)
     vocab = Vocab.load(tmp / "vocab")
     norm = Normalizer(vocab.normalizer)
-    from lrl.io import read_table
+    from lrl.core.io import read_table
 
     ms = {r["clip"]: float(r["duration[ms]"]) for r in read_table(SHARED / "yo-cv" / "clip_durations.tsv")[1]}
     pairs = [(norm(r["sentence"]), ms[r["path"]]) for f in ("dev.tsv", "test.tsv")

@@ -53,8 +53,8 @@ def train_cmd(data: Path, start: str, out: Path, minutes: float, extra: list[str
     return [*LRL, "train", "run", "--data", data, "--checkpoint", start, "--out", out, *sets, *extra]
 
 
-SCRATCH_RECIPE = ["--set", "recipe=scratch"]  # lrl.recipes: lrl's CPU recipe for a random start (ENV-NOTES)
-FINETUNE_RECIPE = ["--set", "recipe=small-start"]  # lrl.recipes: a trained start, conv front end kept, gentler LR
+SCRATCH_RECIPE = ["--set", "recipe=scratch"]  # lrl.train.recipes: lrl's CPU recipe for a random start (ENV-NOTES)
+FINETUNE_RECIPE = ["--set", "recipe=small-start"]  # lrl.train.recipes: a trained start, conv front end kept, gentler LR
 SCHEDULE_EXTRAS = [  # arm d on top of the best start's recipe
     "--set", "optim.layer_decay=0.8", "--set", "optim.head_lr_mult=2.0", "--set", "freeze.freeze_encoder_steps=50",
     "--set", "freeze.unfreeze_layers=1", "--set", "freeze.unfreeze_every=50", "--set", "data.augment=light",
@@ -138,7 +138,7 @@ def main() -> None:
         notes.append(f"b: pretraining took {t_pre / 60:.1f} of its {budget:.0f} minutes")
 
     if "c" in args.arms:
-        from lrl.start import resolve_checkpoint
+        from lrl.models.checkpoints import resolve_checkpoint
 
         d = WORK / "c"
         d.mkdir(exist_ok=True)
@@ -232,7 +232,7 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
                      f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {updates(arm)} | {wall.get(arm, 0) / 60:.1f} |")
     lines += ["", *findings(results), *[f"- {n}" for n in notes]]
     cache = {}
-    for arm in sorted(results):  # lrl.featcache is on by default where it is exact: say where it ran
+    for arm in sorted(results):  # lrl.train.featcache is on by default where it is exact: say where it ran
         cfg_file = WORK / arm / "model" / "train_config.yaml"
         if cfg_file.is_file():
             import yaml
@@ -240,7 +240,7 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
             note = (yaml.safe_load(cfg_file.read_text()).get("resolved") or {}).get("feature_cache", "")
             cache[arm] = "on" if re.match(r"\d+ clips,", str(note)) else "off"  # else: the reason it was off
     if cache:
-        lines.append("- conv feature cache (lrl.featcache, default on where exact): "
+        lines.append("- conv feature cache (lrl.train.featcache, default on where exact): "
                      + ", ".join(f"{a} {v}" for a, v in cache.items()))
     png = plot_curves(results)
     if png:

@@ -1,4 +1,4 @@
-"""Data preparation speed: `lrl.data.prepare` against the plain `datasets` route on the same TSV.
+"""Data preparation speed: `lrl.data.prepare.prepare` against the plain `datasets` route on the same TSV.
 
 Baseline: `Dataset.from_dict` + `cast_column("audio", Audio(sampling_rate=16000))` + a `map` that reads
 `audio["array"]` (torchcodec decodes and resamples), then `save_to_disk`. Candidate: `prepare` (soundfile +
@@ -53,7 +53,7 @@ def run_baseline(corpus: Path, table: str, out: Path, num_proc: int) -> int:
 
 
 def run_lrl(corpus: Path, table: str, out: Path, num_proc: int, vocab: Path | None) -> int:
-    from lrl.data import PrepareConfig, prepare
+    from lrl.data.prepare import PrepareConfig, prepare
 
     cfg = PrepareConfig(splits=(table,), num_proc=num_proc, min_duration=0.0, max_duration=1e9,
                         max_chars_per_second=1e9, oov="unk")
@@ -86,8 +86,8 @@ def _trial(kind: str, corpus: Path, table: str, num_proc: int, vocab: Path | Non
 # "lrl": vocabulary given (--vocab, copied), like the baseline which builds none; "lrl+vocab": built in the run
 # (its fixed cost: the HF tokenizer save imports transformers and torch, ~3 s of CPU).
 CANDIDATES = [("baseline", 1), ("lrl", 1), ("lrl", 2), ("lrl+vocab", 2), ("baseline", 2)]
-NAMES = {"baseline": "datasets: from_dict + cast_column(Audio) + map", "lrl": "lrl.data.prepare --vocab",
-         "lrl+vocab": "lrl.data.prepare (builds the vocab)"}
+NAMES = {"baseline": "datasets: from_dict + cast_column(Audio) + map", "lrl": "lrl.data.prepare.prepare --vocab",
+         "lrl+vocab": "lrl.data.prepare.prepare (builds the vocab)"}
 
 
 def main() -> None:
@@ -102,7 +102,7 @@ def main() -> None:
         print(json.dumps(_trial(args.trial[0], args.corpus.resolve(), args.table, int(args.trial[1]), args.vocab)))
         return
 
-    from lrl.vocab import build_vocab
+    from lrl.data.vocab import build_vocab
 
     vocab_dir = Path(tempfile.mkdtemp(prefix="bench-prepare-vocab-"))
     build_vocab(_rows(args.corpus, args.table)[1]).vocab.save(vocab_dir)  # outside the timed trials

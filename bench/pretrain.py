@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _results import update_section  # noqa: E402
 
-from lrl.io import read_table  # noqa: E402
-from lrl.model import init_tiny  # noqa: E402
-from lrl.pretrain import PretrainConfig, collect_crops, make_batch, probe_metrics, run_pretraining  # noqa: E402
+from lrl.core.io import read_table  # noqa: E402
+from lrl.models.checkpoints import init_tiny  # noqa: E402
+from lrl.train.pretrain import PretrainConfig, collect_crops, make_batch, probe_metrics, run_pretraining  # noqa: E402
 
 YO = ROOT.parent / "shared" / "data" / "yo-cv"
 

@@ -1,4 +1,4 @@
-"""Training throughput of lrl's dynamic batches (with and without lrl.featcache, the frozen conv front
+"""Training throughput of lrl's dynamic batches (with and without lrl.train.featcache, the frozen conv front
 end's output computed once) against the way HF's run_speech_recognition_ctc.py feeds the Trainer (fixed
 batch size, train_sampling_strategy="group_by_length", pad to the longest), on yo-cv with the same
 2.5M-parameter XLS-R-shaped model; plus the training step's achieved FLOP/s against a measured CPU
@@ -11,7 +11,7 @@ interleaved (A B C A B C ...) and repeated, and ratios are medians over the repe
 
 `--oversub` measures instead s/update of the same model on 16 s batches idle and beside 1 and 2 busy
 processes (`while True: pass`, started here and always killed), for torch's default threads, 2 threads
-with OMP_WAIT_POLICY=PASSIVE, 1 thread, and lrl's policy (lrl.cpu); one subprocess per cell, interleaved:
+with OMP_WAIT_POLICY=PASSIVE, 1 thread, and lrl's policy (lrl.core.cpu); one subprocess per cell, interleaved:
 
     .venv/bin/python bench/train.py --oversub [--updates 20] [--repeats 1]
 """
@@ -39,9 +39,9 @@ WORK = Path(tempfile.gettempdir()) / "lrl-bench-train"
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
-    from lrl.data import PrepareConfig
-    from lrl.data import prepare as prepare_data
-    from lrl.model import init_tiny
+    from lrl.data.prepare import PrepareConfig
+    from lrl.data.prepare import prepare as prepare_data
+    from lrl.models.checkpoints import init_tiny
 
     data = work / "yo"
     if not (data / "dataset_dict.json").is_file():
@@ -54,7 +54,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
 
 def _batches(arm: str, durations: list[float], max_seconds: float, batch_size: int, seed: int) -> list[list[int]]:
     if arm.startswith("lrl"):
-        from lrl.batching import BatchingConfig, DynamicBatchSampler
+        from lrl.train.batching import BatchingConfig, DynamicBatchSampler
 
         s = DynamicBatchSampler(durations, BatchingConfig(max_seconds=max_seconds, seed=seed))
         return list(s)
@@ -72,9 +72,9 @@ def run_arm(arm: str, data: Path, ckpt: Path, clips: int, max_seconds: float, ba
     import numpy as np
     import torch
 
-    from lrl.data import load_prepared
-    from lrl.model import load_for_ctc
-    from lrl.train import CTCCollator
+    from lrl.data.prepare import load_prepared
+    from lrl.models.checkpoints import load_for_ctc
+    from lrl.train.trainer import CTCCollator
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -89,8 +89,8 @@ def run_arm(arm: str, data: Path, ckpt: Path, clips: int, max_seconds: float, ba
     collate = CTCCollator(vocab)
     batches = _batches(arm, durations, max_seconds, batch_size, seed=0)
     build_s, front_end = 0.0, contextlib.nullcontext()
-    if arm == "lrl_cached":  # lrl.featcache: the frozen conv front end's output computed once (timed apart)
-        from lrl.featcache import CachedFeatureCollator, build_feature_cache, cached_front_end
+    if arm == "lrl_cached":  # lrl.train.featcache: the frozen conv front end's output computed once (timed apart)
+        from lrl.train.featcache import CachedFeatureCollator, build_feature_cache, cached_front_end
 
         cache = build_feature_cache(model, ds, durations, collate)
         build_s, front_end = cache.build_seconds, cached_front_end(model)
@@ -147,9 +147,9 @@ OVERSUB_ARMS = {  # arm -> (environment to add, torch threads: 0 = torch's defau
     "torch": ({}, 0),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
     "one_thread": ({}, 1),
-    "lrl": ({}, -1),  # lrl.cpu.set_openmp_env + set_torch_threads(0), the code path of `lrl train run`
+    "lrl": ({}, -1),  # lrl.core.cpu.set_openmp_env + set_torch_threads(0), the code path of `lrl train run`
 }
-OVERSUB_MAX_SECONDS = 16.0  # lrl's default padded seconds per batch (lrl.batching.DEFAULT_MAX_SECONDS)
+OVERSUB_MAX_SECONDS = 16.0  # lrl's default padded seconds per batch (lrl.train.batching.DEFAULT_MAX_SECONDS)
 CELL_TIME_CAP_S = 40.0  # a cell stops timing after this (>= 5 updates), so spin-wait collapses stay bounded
 
 
@@ -157,21 +157,21 @@ def run_cell(arm: str, data: Path, ckpt: Path, updates: int, warmup: int) -> dic
     """`warmup` + `updates` training updates on fixed 16 s batches; prints a JSON line with the step times."""
     reason = "torch's default"
     if OVERSUB_ARMS[arm][1] == -1:
-        from lrl.cpu import set_openmp_env
+        from lrl.core.cpu import set_openmp_env
 
         set_openmp_env()  # before torch loads, as lrl/cli.py does
     import torch
 
     if OVERSUB_ARMS[arm][1] == -1:
-        from lrl.cpu import set_torch_threads
+        from lrl.core.cpu import set_torch_threads
 
         _, reason = set_torch_threads(0)
     elif OVERSUB_ARMS[arm][1]:
         torch.set_num_threads(OVERSUB_ARMS[arm][1])
-    from lrl.batching import BatchingConfig, DynamicBatchSampler
-    from lrl.data import load_prepared
-    from lrl.model import load_for_ctc
-    from lrl.train import CTCCollator
+    from lrl.data.prepare import load_prepared
+    from lrl.models.checkpoints import load_for_ctc
+    from lrl.train.batching import BatchingConfig, DynamicBatchSampler
+    from lrl.train.trainer import CTCCollator
 
     torch.manual_seed(0)
     dsd, vocab = load_prepared(data)
@@ -246,7 +246,7 @@ def oversub(a: argparse.Namespace) -> None:
     labels = {"torch": "torch default (its thread count, OpenMP spin-waits)",
               "passive": "torch default threads + OMP_WAIT_POLICY=PASSIVE",
               "one_thread": "1 thread (`--set threads=1`)",
-              "lrl": "lrl policy (`threads=0`: lrl.cpu, PASSIVE + free CPUs)"}
+              "lrl": "lrl policy (`threads=0`: lrl.core.cpu, PASSIVE + free CPUs)"}
     lines = [
         f"{os.cpu_count()} CPUs ({cpu}); yo-cv, `tiny_config(\"small\")`, lrl batches of <= {OVERSUB_MAX_SECONDS:g} s "
         f"padded audio, median over {a.updates} updates after 3 warm-up ones (a cell stops after {CELL_TIME_CAP_S:g} s), "
@@ -298,7 +298,7 @@ def main() -> None:
         run_arm(a.arm, data, ckpt, a.clips, a.max_seconds, a.batch_size, a.threads, a.flops)
         return
 
-    from lrl.data import load_prepared
+    from lrl.data.prepare import load_prepared
 
     dsd, _ = load_prepared(data)
     durs = [float(d) for d in dsd["train"].select(range(min(a.clips, len(dsd["train"]))))["duration"]]
@@ -342,7 +342,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     labels = {"lrl": f"lrl dynamic, <= {a.max_seconds:g} s padded",
-              "lrl_cached": f"lrl dynamic, <= {a.max_seconds:g} s padded, conv front end cached (lrl.featcache)",
+              "lrl_cached": f"lrl dynamic, <= {a.max_seconds:g} s padded, conv front end cached (lrl.train.featcache)",
               "hf_same_memory": f"HF fixed batch {b_mem} + group_by_length (worst batch fits the same budget)",
               "hf_same_mean_batch": f"HF fixed batch {b_mean} + group_by_length (same mean audio per batch)"}
     for name, _ in arms:

@@ -17,9 +17,9 @@ from typing import Annotated
 
 import typer
 
-from lrl.cpu import set_openmp_env
+from lrl.core.cpu import set_openmp_env
 
-set_openmp_env()  # before any command loads torch: idle OpenMP threads sleep instead of spinning (lrl.cpu)
+set_openmp_env()  # before any command loads torch: idle OpenMP threads sleep instead of spinning (lrl.core.cpu)
 app = typer.Typer(
     name="lrl",
     help="Speech recognition for low-resource languages: vocab -> data -> augment -> train -> lm -> evaluate.",
@@ -57,7 +57,7 @@ def _user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from lrl.io import LrlError
+        from lrl.core.io import LrlError
 
         try:
             return fn(*args, **kwargs)
@@ -131,9 +131,9 @@ def vocab_build(
     alphabet: Annotated[Path | None, typer.Option(help="Curated alphabet file: characters (whitespace-separated or one per line).", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Build a character vocabulary from TRAINING transcripts only (never dev/test)."""
-    from lrl.io import read_text_lines
-    from lrl.text import NormalizerConfig
-    from lrl.vocab import VocabBuildConfig, build_vocab, read_transcripts, write_report
+    from lrl.core.io import read_text_lines
+    from lrl.core.text import NormalizerConfig
+    from lrl.data.vocab import VocabBuildConfig, build_vocab, read_transcripts, write_report
 
     norm = NormalizerConfig(
         unicode_form=unicode_form.value, lowercase=lowercase, language=language, keep=keep, digits=digits.value
@@ -166,7 +166,7 @@ def vocab_audit(
     text_column: Annotated[str | None, typer.Option(help="Transcript column of a manifest.")] = None,
 ) -> None:
     """Coverage of a vocabulary over other text: OOV character rate, which characters, examples."""
-    from lrl.vocab import Vocab, audit, format_audit, read_transcripts
+    from lrl.data.vocab import Vocab, audit, format_audit, read_transcripts
 
     vocab = Vocab.load(vocab_dir)
     for p in texts:
@@ -206,7 +206,7 @@ def data_prepare(
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
-    from lrl.data import PrepareConfig, format_summary, prepare
+    from lrl.data.prepare import PrepareConfig, format_summary, prepare
 
     cfg = PrepareConfig(
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()), train_from_validated=train_from_validated,
@@ -222,7 +222,7 @@ def data_prepare(
     t = summary["total"]
     typer.echo(f"total: {t['kept']} kept + {t['skipped']} skipped = {t['read']} read -> {out} (skipped rows: {out / 'skipped.tsv'})")
     if card:
-        from lrl.card import write_card
+        from lrl.data.cards import write_card
 
         typer.echo(f"card: {write_card(out, card_dir, name=name)}")
 
@@ -237,7 +237,7 @@ def data_card(
     licence: Annotated[str | None, typer.Option("--licence", "--license", help="Licence id (default: from the prepare config).")] = None,
 ) -> None:
     """Write a Hugging Face dataset card (hours, speakers, histograms, characters, skips) for a prepared dataset."""
-    from lrl.card import write_card
+    from lrl.data.cards import write_card
 
     typer.echo(f"card: {write_card(dataset, card_dir, name=name, language=language, licence=licence)}")
 
@@ -269,7 +269,7 @@ def augment_preview(
     model: Annotated[Path | None, typer.Option(help="Model dir whose config.json gives frames and hidden size (default: wav2vec 2.0 layout).", exists=True, file_okay=False)] = None,
 ) -> None:
     """Write DIR/<stem>_aug<i>.wav and .png (waveform + log-mel before/after) and DIR/<stem>_specaugment.png."""
-    from lrl.augment import SpecAugmentConfig, WaveAugmentConfig, preview
+    from lrl.augment.wave import SpecAugmentConfig, WaveAugmentConfig, preview
 
     wave = WaveAugmentConfig.from_toml(config) if config else WaveAugmentConfig.preset(preset.value)
     model_config = None
@@ -287,7 +287,7 @@ def augment_preview(
 @augment_app.command("presets")
 def augment_presets() -> None:
     """List the waveform and SpecAugment presets with their settings."""
-    from lrl.augment import SPEC_PRESETS, WAVE_PRESETS, SpecAugmentConfig, WaveAugmentConfig
+    from lrl.augment.wave import SPEC_PRESETS, WAVE_PRESETS, SpecAugmentConfig, WaveAugmentConfig
 
     typer.echo("waveform presets (the [augment] table of a run config: preset = \"light\", or transforms as tables):")
     for name in WAVE_PRESETS:
@@ -328,7 +328,7 @@ def train_run(
     is a config key: `lrl train config > run.toml` prints them all with their defaults and meanings; pass
     the edited file with -c, or single keys with --set. Keys left at "auto" (LR, warm-up, conv freezing,
     SpecAugment) come from the recipe lrl picks for the start and the amount of data (--set recipe=NAME)."""
-    from lrl.train import load_config, parse_overrides, train
+    from lrl.train.trainer import load_config, parse_overrides, train
 
     overrides = parse_overrides(set_ or [])
     named = {"data.path": data, "model.checkpoint": checkpoint, "output_dir": out, "model.init_head_from": init_head_from,
@@ -352,7 +352,7 @@ def train_run(
 @train_app.command("config")
 def train_config() -> None:
     """Print the complete default run configuration as annotated TOML (save it, edit it, pass it with -c)."""
-    from lrl.runconfig import default_config_toml
+    from lrl.train.config import default_config_toml
 
     typer.echo(default_config_toml(), nl=False)
 
@@ -365,7 +365,7 @@ def train_init_tiny(
     seed: Annotated[int, typer.Option(help="Random seed of the initialisation.")] = 0,
 ) -> None:
     """Write a small randomly initialised Wav2Vec2ForPreTraining checkpoint with the XLS-R structure."""
-    from lrl.model import init_tiny
+    from lrl.models.checkpoints import init_tiny
 
     typer.echo(f"wrote {init_tiny(out, size.value, seed)}")
 
@@ -383,7 +383,7 @@ def train_build_start(
 ) -> None:
     """Build a tiny cross-lingual start the way XLS-R/MMS are built, but small: CTC on espeak-ng speech in
     several languages. `make xl-start` rebuilds the shipped `xl-tiny` with this command."""
-    from lrl.start import StartConfig, build_crosslingual_start
+    from lrl.train.build_start import StartConfig, build_crosslingual_start
 
     texts = {}
     for item in lang:
@@ -408,8 +408,8 @@ def train_find_batch(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights.")] = False,
 ) -> None:
     """Largest batching.max_seconds whose training step fits the memory at hand."""
-    from lrl.batching import find_max_seconds
-    from lrl.model import load_for_ctc
+    from lrl.models.checkpoints import load_for_ctc
+    from lrl.train.batching import find_max_seconds
 
     model = load_for_ctc(checkpoint, vocab_size, 0, allow_pickle)
     model.freeze_feature_encoder()
@@ -448,8 +448,8 @@ def lm_build(
     keep_arpa: Annotated[bool, typer.Option(help="Keep OUT/lm.arpa beside the binary.")] = True,
 ) -> None:
     """Build a KenLM n-gram from text normalised with the vocabulary's normaliser."""
-    from lrl.lm import LMBuildConfig, build_lm
-    from lrl.text import char_display
+    from lrl.core.text import char_display
+    from lrl.decode.lm import LMBuildConfig, build_lm
 
     cfg = LMBuildConfig(
         order=order, memory=memory, prune=tuple(int(x) for x in prune.split(",")) if prune else (),
@@ -493,7 +493,7 @@ def lm_tune(
     install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = True,
 ) -> None:
     """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
-    from lrl.evaluate import TuneConfig, tune
+    from lrl.evaluate.scoring import TuneConfig, tune
 
     cfg = TuneConfig(
         alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, grid_beam=grid_beam,
@@ -542,7 +542,7 @@ def pretrain(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = False,
 ) -> None:
     """Continue wav2vec 2.0 self-supervised pretraining on unlabeled audio."""
-    from lrl.pretrain import PretrainConfig, run_pretraining
+    from lrl.train.pretrain import PretrainConfig, run_pretraining
 
     cfg = PretrainConfig(
         max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup,
@@ -588,8 +588,8 @@ def evaluate(
     stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = 2.0,
 ) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM; rows not scored are counted with their reason."""
-    from lrl.evaluate import EvalConfig
-    from lrl.evaluate import evaluate as run_evaluate
+    from lrl.evaluate.scoring import EvalConfig
+    from lrl.evaluate.scoring import evaluate as run_evaluate
 
     cfg = EvalConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
                      chunk_seconds=chunk_seconds, stride_seconds=stride_seconds)
@@ -615,8 +615,8 @@ def transcribe(
     """Transcribe audio files or folders."""
     import json
 
-    from lrl.evaluate import TranscribeConfig
-    from lrl.evaluate import transcribe as run_transcribe
+    from lrl.evaluate.scoring import TranscribeConfig
+    from lrl.evaluate.scoring import transcribe as run_transcribe
 
     cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm)
     for t in run_transcribe(model, audio, cfg, lm=lm):

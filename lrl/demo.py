@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrl.io import atomic_write_text
+from lrl.core.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+# torch threads for the demo's training: 2 (the cores of the machines lrl is built on), fewer only when the
+# process may not use 2 CPUs. With OMP_WAIT_POLICY=PASSIVE (set by the CLI) 2 threads still share the cores
+# fairly when other work runs (bench/train.py --oversub).
+DEMO_THREADS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,14 @@ class DemoResult:
 
 def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = print) -> DemoResult:
     """Run every stage; `say` receives one line per stage start/end (the CLI passes typer.echo)."""
-    from lrl import augment, card, data, evaluate, lm, pretrain, synth, train
+    from lrl.augment import wave as augment
+    from lrl.data import cards as card
+    from lrl.data import prepare as data
+    from lrl.data import synth
+    from lrl.decode import lm
+    from lrl.evaluate import scoring as evaluate
+    from lrl.train import pretrain
+    from lrl.train import trainer as train
 
     config = config or DemoConfig()
     out = Path(config.out)
@@ -97,19 +110,19 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
         )
         res.artefacts["augmentation preview (wav + png)"] = str(out / "augment_preview")
 
-    from lrl.start import resolve_checkpoint
+    from lrl.models.checkpoints import resolve_checkpoint
 
     # the start: the shipped cross-lingual checkpoint (CTC-trained on espeak-ng speech in six other
     # languages; its head rows for shared characters are copied), or a random tiny model
     head_from = ""
     if config.start == "xl-tiny":
         start = head_from = "xl-tiny"  # by name: every loader resolves it, and the saved config stays portable
-        recipe = "small-start"  # lrl.recipes (what recipe="auto" picks for it too)
+        recipe = "small-start"  # lrl.train.recipes (what recipe="auto" picks for it too)
         res.artefacts["starting checkpoint (cross-lingual, shipped)"] = resolve_checkpoint(start)
     else:
         start, recipe = str(out / "init"), "scratch"
         if not (out / "init" / "model.safetensors").is_file():
-            from lrl.model import init_tiny
+            from lrl.models.checkpoints import init_tiny
 
             init_tiny(out / "init", "small", seed=config.seed)
     with stage("pretrain"):
@@ -131,6 +144,9 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
             "output_dir": str(model_dir),
             "seed": config.seed,
             "recipe": recipe,
+            # a fixed thread count: the automatic policy takes fewer threads on a busy machine, which changes
+            # float summation order and so the trained model; the demo's numbers must not depend on load
+            "threads": DEMO_THREADS,
             "data": {"path": str(data_dir), "augment": "light"},
             "model": {"checkpoint": start, "init_head_from": head_from},
             # a fixed number of updates, no wall-clock cap: a busy machine takes longer but gets the same model

@@ -57,6 +57,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     """A randomly initialised `test`-size Wav2Vec2ForPreTraining checkpoint directory."""
-    from lrl.model import init_tiny
+    from lrl.models.checkpoints import init_tiny
 
     return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")

@@ -121,8 +121,8 @@ def make_fsdd_dataset(fsdd: Path, out: Path, n_train: int, n_dev: int, n_test: i
     import soundfile as sf
     import soxr
 
-    from lrl.text import NormalizerConfig
-    from lrl.vocab import Vocab
+    from lrl.core.text import NormalizerConfig
+    from lrl.data.vocab import Vocab
 
     rows = [line.split("\t") for line in (fsdd / "metadata.tsv").read_text().splitlines()[1:] if line.strip()]
     train = [r for r in rows if r[3] == "train"]
@@ -163,7 +163,8 @@ def make_eval_cv(yo_cv: Path, dst: Path, max_duration: float = 20.0) -> dict:
     "faults": {split: {reason: n}}} (the hard faults)."""
     import soundfile as sf
 
-    from lrl.audio import SAMPLE_RATE, load_audio
+    from lrl.core.audio import load_audio
+    from lrl.core.constants import SAMPLE_RATE
 
     (dst / "clips").mkdir(parents=True)
     real = yo_rows(yo_cv, "train")
@@ -198,7 +199,7 @@ def make_eval_cv(yo_cv: Path, dst: Path, max_duration: float = 20.0) -> dict:
 
 def yo_vocab(yo_cv: Path, dst: Path) -> Path:
     """The vocabulary of every yo-cv train transcript, saved in `dst` (a Yoruba alphabet without Cyrillic)."""
-    from lrl.vocab import build_vocab
+    from lrl.data.vocab import build_vocab
 
     build_vocab([r["sentence"] for r in yo_rows(yo_cv, "train")]).vocab.save(dst)
     return dst

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrl.augment import (
+from lrl.augment.wave import (
     SPEC_PRESETS,
     WAVE_PRESETS,
     BackgroundNoiseConfig,
@@ -36,7 +36,7 @@ def clips() -> list[np.ndarray]:
     paths = [SHARED_DATA / "yo-cv" / "clips" / name for name in SHORT_CLIPS]
     if not all(p.is_file() for p in paths):
         pytest.skip("yo-cv clips not found")
-    from lrl.audio import load_audio
+    from lrl.core.audio import load_audio
 
     return [load_audio(p, SR) for p in paths]
 
@@ -151,7 +151,7 @@ def test_reverb_and_background_noise_from_folders(tmp_path, clips, shared_data):
     rir_dir.mkdir(), noise_dir.mkdir()
     decay = np.exp(-np.arange(SR // 4) / (0.05 * SR)) * np.random.default_rng(0).standard_normal(SR // 4)
     sf.write(rir_dir / "room.wav", (decay / np.abs(decay).max()).astype(np.float32), SR)
-    from lrl.audio import load_audio
+    from lrl.core.audio import load_audio
 
     digits = sorted((shared_data / "fsdd" / "recordings").glob("*.wav"))[:2]  # real speech as babble noise
     for p in digits:  # at 16 kHz: other rates make audiomentations resample with librosa (numba JIT, slow)
@@ -306,7 +306,7 @@ def test_feature_frames_match_the_model():
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     for cfg in (tiny_config("test"), Wav2Vec2Config()):
         model = Wav2Vec2Model(cfg) if cfg.hidden_size == 32 else None
@@ -323,7 +323,7 @@ def test_validate_guards_the_short_clip_crash_on_a_real_forward_pass():
     import torch
     from transformers import Wav2Vec2ForCTC
 
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     short = 1600  # 0.1 s: 4 frames with the tiny 320x front end
     spec = SpecAugmentConfig.preset("low-resource")

@@ -3,13 +3,8 @@ import logging
 import numpy as np
 import pytest
 
-from lrl.batching import (
-    BatchingConfig,
-    DynamicBatchSampler,
-    find_max_seconds,
-    pack_batches,
-    padding_efficiency,
-)
+from lrl.core.batching import pack_batches, padding_efficiency
+from lrl.train.batching import BatchingConfig, DynamicBatchSampler, find_max_seconds
 
 
 @pytest.fixture
@@ -42,7 +37,7 @@ def test_max_batch_size_caps_clip_count():
 
 
 def test_clip_longer_than_cap_gets_its_own_batch_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="lrl.batching"):
+    with caplog.at_level(logging.WARNING, logger="lrl.core.batching"):
         batches = pack_batches([1.0, 2.0, 50.0, 1.5], max_seconds=10.0)
     assert [2] in batches
     assert "longer than max_seconds" in caplog.text
@@ -104,7 +99,7 @@ def test_sampler_rank_validation():
 
 
 def test_batch_size_finder_grows_with_the_budget_and_refuses_too_little(tmp_path):
-    from lrl.model import init_tiny, load_for_ctc
+    from lrl.models.checkpoints import init_tiny, load_for_ctc
 
     model = load_for_ctc(init_tiny(tmp_path / "m", "test"), 10)
     model.freeze_feature_encoder()

@@ -1,4 +1,4 @@
-"""lrl.cpu: the thread count chosen from the CPUs free, explicit counts, the /proc/stat sample, OMP_WAIT_POLICY."""
+"""lrl.core.cpu: the thread count chosen from the CPUs free, explicit counts, the /proc/stat sample, OMP_WAIT_POLICY."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lrl import cpu
+from lrl.core import cpu
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""lrl.audio and lrl.data on real clips: decoding, planted faults, resumable output, manifests, cards."""
+"""lrl.core.audio and lrl.data.prepare on real clips: decoding, planted faults, resumable output, manifests, cards."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from corpus_fixtures import copy_cv, fsdd_manifest, make_eval_cv, make_faulty_cv, yo_vocab
 
-from lrl.audio import SAMPLE_RATE, AudioError, load_audio
-from lrl.data import PrepareConfig, load_prepared, prepare
-from lrl.io import LrlError
+from lrl.core.audio import AudioError, load_audio
+from lrl.core.constants import SAMPLE_RATE
+from lrl.core.io import LrlError
+from lrl.data.prepare import PrepareConfig, load_prepared, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,8 +246,8 @@ def test_audio_folder_with_txt(shared_data, tmp_path):
 
 
 def test_manifest_faults_and_digit_policy(shared_data, tmp_path):
-    from lrl.text import NormalizerConfig
-    from lrl.vocab import build_vocab
+    from lrl.core.text import NormalizerConfig
+    from lrl.data.vocab import build_vocab
 
     manifest = fsdd_manifest(shared_data / "fsdd", tmp_path / "m", n=4)
     lines = manifest.read_text().splitlines()
@@ -264,14 +265,14 @@ def test_manifest_faults_and_digit_policy(shared_data, tmp_path):
 
 
 def test_interrupted_run_removes_its_tmp_dir(yo_cv, tmp_path, monkeypatch):
-    import lrl.data
+    import lrl.data.prepare
 
     src = copy_cv(yo_cv, tmp_path / "cv", n_train=3)
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lrl.data, "_run_chunks", interrupt)
+    monkeypatch.setattr(lrl.data.prepare, "_run_chunks", interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare(src, tmp_path / "ds", PrepareConfig())
     assert list(tmp_path.iterdir()) == [tmp_path / "cv"]
@@ -348,7 +349,7 @@ def test_handwritten_features_match_installed_datasets(yo_cv, tmp_path):
     import datasets
     import pyarrow as pa
 
-    from lrl.data import _arrow_schema, _features
+    from lrl.data.prepare import _arrow_schema, _features
 
     feats = _features(["locale"])
     expected = datasets.Features({

@@ -1,4 +1,4 @@
-"""lrl.evaluate: the log-prob cache, WER/CER evaluation, alpha/beta tuning (on a dev set built so that
+"""lrl.evaluate.scoring: the log-prob cache, WER/CER evaluation, alpha/beta tuning (on a dev set built so that
 pyctcdecode's defaults are wrong), heatmap, and transcription with chunking, on a tiny random Wav2Vec2."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 from corpus_fixtures import make_eval_cv, yo_vocab
 from ctc_helpers import make_logp
 
-from lrl.decode import CTCDecoder, DecoderConfig
-from lrl.evaluate import (
+from lrl.data.vocab import build_vocab
+from lrl.decode.decoder import CTCDecoder, DecoderConfig
+from lrl.evaluate.scoring import (
     EvalConfig,
     TranscribeConfig,
     TuneConfig,
@@ -24,7 +25,6 @@ from lrl.evaluate import (
     tune,
     tune_grid,
 )
-from lrl.vocab import build_vocab
 
 TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"
 SENTENCES = ["the cat sat", "the bat sat", "sat the cat"]
@@ -40,7 +40,7 @@ def save_tiny_model(directory: Path, vocab, seed: int = 0) -> Path:
     import torch
     from transformers import Wav2Vec2ForCTC
 
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     torch.manual_seed(seed)
     model = Wav2Vec2ForCTC(tiny_config("test", vocab_size=len(vocab), pad_token_id=0))
@@ -183,22 +183,22 @@ def test_evaluate_scores_long_and_oov_rows_and_counts_the_rest(yo_cv, tmp_path, 
     reported as not scored, with their reasons."""
     import jiwer
 
-    import lrl.evaluate
-    from lrl.data import load_prepared, prepare
-    from lrl.vocab import Vocab
+    import lrl.evaluate.scoring
+    from lrl.data.prepare import load_prepared, prepare
+    from lrl.data.vocab import Vocab
 
     planted = make_eval_cv(yo_cv, tmp_path / "cv")
     prepare(tmp_path / "cv", tmp_path / "ds", vocab_dir=yo_vocab(yo_cv, tmp_path / "vocab"))
     dd, _ = load_prepared(tmp_path / "ds")
     model = save_tiny_model(tmp_path / "model", Vocab.load(tmp_path / "ds" / "vocab"))
     calls = []
-    real_chunked = lrl.evaluate.chunked_log_probs
+    real_chunked = lrl.evaluate.scoring.chunked_log_probs
 
     def spy(am, wave, config):
         calls.append(len(wave))
         return real_chunked(am, wave, config)
 
-    monkeypatch.setattr(lrl.evaluate, "chunked_log_probs", spy)
+    monkeypatch.setattr(lrl.evaluate.scoring, "chunked_log_probs", spy)
     res = evaluate(model, tmp_path / "ds", EvalConfig(split="test", cache=False), use_lm=False)
     test = {r["id"]: r for r in dd["test"]}
     long = test[planted["long"]["test"]]
@@ -214,7 +214,7 @@ def test_evaluate_scores_long_and_oov_rows_and_counts_the_rest(yo_cv, tmp_path, 
     refs, hyps = [r[2] for r in rows.values()], [r[3] for r in rows.values()]
     assert res.greedy.cer == pytest.approx(jiwer.cer(refs, hyps), rel=1e-12)  # ...and they count, as every char
     # the chunked log-probs cover the clip: one frame per 20 ms, give or take one per chunk join
-    am = lrl.evaluate.AcousticModel(model)
+    am = lrl.evaluate.scoring.AcousticModel(model)
     lp = split_log_probs(model, tmp_path / "ds", EvalConfig(split="test")).logps[list(test).index(long["id"])]
     n_chunks = -(-len(long["audio"]) // (int(EvalConfig().chunk_seconds * am.sample_rate) - 2 * int(
         EvalConfig().stride_seconds * am.sample_rate)))
@@ -288,7 +288,7 @@ def test_chunk_merge_keeps_every_frame_once():
 def test_cli_transcribe_long_audio_json_word_times(tiny_model, tmp_path, rng, cli):
     import soundfile as sf
 
-    from lrl.evaluate import AcousticModel
+    from lrl.evaluate.scoring import AcousticModel
 
     folder = tmp_path / "audio"
     folder.mkdir()

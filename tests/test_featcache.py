@@ -2,17 +2,17 @@ import numpy as np
 import pytest
 import yaml
 
-from lrl.featcache import (
+from lrl.core.text import NormalizerConfig
+from lrl.data.vocab import Vocab
+from lrl.models.checkpoints import load_for_ctc
+from lrl.train.featcache import (
     CachedFeatureCollator,
     build_feature_cache,
     cache_blocker,
     cached_front_end,
     estimate_bytes,
 )
-from lrl.model import load_for_ctc
-from lrl.text import NormalizerConfig
-from lrl.train import CTCCollator, TrainConfig, train
-from lrl.vocab import Vocab
+from lrl.train.trainer import CTCCollator, TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""KenLM building (lrl.lm) and the pyctcdecode wrapper (lrl.decode), on a hand-written ARPA and
+"""KenLM building (lrl.decode.lm) and the pyctcdecode wrapper (lrl.decode.decoder), on a hand-written ARPA and
 constructed log-probs, plus an end-to-end build on the shared Yoruba LM text."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from ctc_helpers import make_logp
 
-from lrl.decode import CTCDecoder, DecoderConfig, compress_blank_frames, greedy_decode, log_softmax
-from lrl.io import LrlError
-from lrl.lm import LMBuildConfig, build_lm, find_lm, labels_for_vocab, prepare_text, read_unigrams
-from lrl.vocab import build_vocab
+from lrl.core.io import LrlError
+from lrl.data.vocab import build_vocab
+from lrl.decode.decoder import CTCDecoder, DecoderConfig, compress_blank_frames, greedy_decode, log_softmax
+from lrl.decode.lm import LMBuildConfig, build_lm, find_lm, labels_for_vocab, prepare_text, read_unigrams
 
 TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"  # the cat sat / the bat sat; "the cat" is likely
 
@@ -90,7 +90,7 @@ def test_lm_build_warns_when_much_text_is_dropped_and_names_the_better_policy(tm
     vocab_dir = build_vocab(["ẹ ba", "ba ẹ"]).vocab.save(tmp_path / "vocab")
     text = tmp_path / "lm.txt"
     text.write_text("ẹ́ ba\n" * 8 + "ba ẹ\nẹ́ xa\n", encoding="utf-8")
-    with caplog.at_level("INFO", logger="lrl.lm"):
+    with caplog.at_level("INFO", logger="lrl.decode.lm"):
         r = build_lm([text], vocab_dir, tmp_path / "lm", LMBuildConfig(order=2, oov=oov))
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
     report = json.loads((tmp_path / "lm" / "lm_build.json").read_text())
@@ -107,13 +107,13 @@ def test_lm_build_warns_when_much_text_is_dropped_and_names_the_better_policy(tm
 
 
 def test_lm_build_does_not_warn_when_little_is_dropped(tmp_path, cat_vocab_dir, caplog):
-    from lrl.lm import OOV_WARN_SHARE
+    from lrl.decode.lm import OOV_WARN_SHARE
 
     n = 40
     assert 1 / n <= OOV_WARN_SHARE  # one dropped sentence in 40 is "a small share"
     text = tmp_path / "lm.txt"
     text.write_text("the cat sat\n" * (n - 1) + "the dog sat\n", encoding="utf-8")
-    with caplog.at_level("INFO", logger="lrl.lm"):
+    with caplog.at_level("INFO", logger="lrl.decode.lm"):
         r = build_lm([text], cat_vocab_dir, tmp_path / "lm", LMBuildConfig(order=2))
     assert r.text.oov == 1
     assert not [rec for rec in caplog.records if rec.levelname == "WARNING"]
@@ -196,7 +196,7 @@ def test_cli_lm_build_yoruba_end_to_end(tmp_path, yo_cv, shared_data, cli):
     assert report["ngrams"]["3"] > 0 and (out / "language_model" / "lm.bin").stat().st_size > 0
     # the LM's words only use characters the vocabulary has
     chars = set("".join(read_unigrams(find_lm(out))))
-    from lrl.vocab import Vocab
+    from lrl.data.vocab import Vocab
 
     assert chars <= set(Vocab.load(vocab_dir).chars)
 

@@ -1,4 +1,4 @@
-from lrl.model import init_tiny, tiny_config
+from lrl.models.checkpoints import init_tiny, tiny_config
 
 
 def test_init_tiny_writes_a_loadable_pretraining_checkpoint(tmp_path):

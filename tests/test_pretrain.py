@@ -1,4 +1,4 @@
-"""lrl.pretrain: config validation, the Gumbel schedule and its no-decay warning, collapse detection,
+"""lrl.train.pretrain: config validation, the Gumbel schedule and its no-decay warning, collapse detection,
 crops from audio folders and prepared datasets, and short real runs on yo-cv clips (loss, logging,
 resume, collapse, CTC loading)."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrl.pretrain import (
+from lrl.train.pretrain import (
     LOG_COLUMNS,
     PretrainConfig,
     check_temperature_decay,
@@ -51,7 +51,7 @@ def clips(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fast_run(clips, tmp_path_factory):
     """One FAST run from a tiny checkpoint with its own SpecAugment settings: (checkpoint, out, result)."""
-    from lrl.model import init_tiny
+    from lrl.models.checkpoints import init_tiny
 
     root = tmp_path_factory.mktemp("run")
     ckpt = init_tiny(root / "start", "test", mask_feature_prob=0.1, mask_time_prob=0.07)
@@ -191,14 +191,14 @@ def test_collect_crops_from_a_prepared_dataset(tmp_path, rng):
     assert sorted(len(c) for c in crops) == [16000, 20000, 32000]
     crops, stats = collect_crops([tmp_path / "ds"], replace(cfg, splits=("train", "dev")))
     assert stats.dataset_rows == 4 and len(crops) == 4
-    from lrl.io import LrlError
+    from lrl.core.io import LrlError
 
     with pytest.raises(LrlError, match="none of the splits"):
         collect_crops([tmp_path / "ds"], replace(cfg, splits=("test",)))
 
 
 def test_no_usable_audio_raises(tmp_path):
-    from lrl.io import LrlError
+    from lrl.core.io import LrlError
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "bad.wav").write_bytes(b"RIFF")
@@ -210,7 +210,7 @@ def test_no_usable_audio_raises(tmp_path):
 
 
 def test_micro_batches_cover_each_crop_once_per_epoch_and_are_reproducible():
-    from lrl.pretrain import _micro_indices
+    from lrl.train.pretrain import _micro_indices
 
     n, bs = 10, 4  # 3 micro-batches per epoch, the last one short
     epoch0 = [_micro_indices(n, bs, m, seed=7) for m in range(3)]
@@ -248,7 +248,7 @@ def test_short_run_lowers_contrastive_loss_and_logs(fast_run):
 def test_output_loads_for_ctc_with_only_the_head_missing(fast_run, caplog):
     from transformers import Wav2Vec2ForCTC
 
-    from lrl.model import load_for_ctc
+    from lrl.models.checkpoints import load_for_ctc
 
     _, out, _ = fast_run
     model, info = Wav2Vec2ForCTC.from_pretrained(out, output_loading_info=True)
@@ -303,7 +303,7 @@ def test_collapse_warning_on_a_collapsed_codebook(fast_run, clips, tmp_path, cap
         m.quantizer.weight_proj.bias[torch.arange(groups) * per_group] = 50.0
     m.save_pretrained(tmp_path / "collapsed")
     cfg = replace(FAST, max_steps=3, learning_rate=1e-9, collapse_window=3, probe_crops=0, save_every=0)
-    with caplog.at_level(logging.WARNING, logger="lrl.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="lrl.train.pretrain"):
         result = run_pretraining([clips], tmp_path / "out", cfg, model=tmp_path / "collapsed")
     assert result.collapse_warned
     assert result.final_perplexity == pytest.approx(groups, rel=0.01)
@@ -314,7 +314,7 @@ def test_pickle_checkpoint_needs_allow_pickle(fast_run, clips, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from lrl.io import LrlError
+    from lrl.core.io import LrlError
 
     start, _, _ = fast_run
     pkl = tmp_path / "pickled"  # the same checkpoint as an old-style pytorch_model.bin
@@ -328,7 +328,7 @@ def test_pickle_checkpoint_needs_allow_pickle(fast_run, clips, tmp_path):
 
 
 def test_run_guards(clips, tmp_path):
-    from lrl.io import LrlError
+    from lrl.core.io import LrlError
 
     with pytest.raises(ValueError, match="exactly one of"):
         run_pretraining([clips], tmp_path / "x", FAST)
@@ -382,11 +382,11 @@ def test_pretrained_output_starts_lrl_train_without_weight_warnings(clips, tmp_p
     """Prepared dataset (the data contract) -> pretrain on its train split -> CTC fine-tuning from the output."""
     import datasets
 
-    from lrl.audio import load_audio
-    from lrl.io import read_table
-    from lrl.text import Normalizer, NormalizerConfig
-    from lrl.train import load_config, train
-    from lrl.vocab import Vocab
+    from lrl.core.audio import load_audio
+    from lrl.core.io import read_table
+    from lrl.core.text import Normalizer, NormalizerConfig
+    from lrl.data.vocab import Vocab
+    from lrl.train.trainer import load_config, train
 
     _, rows = read_table(SHARED_DATA / "yo-cv" / "train.tsv")
     norm = Normalizer(NormalizerConfig())
@@ -429,8 +429,8 @@ def test_nonfinite_losses_skip_the_update_then_stop_the_run(fast_run, clips, tmp
     import torch
     from safetensors.torch import load_file
 
-    import lrl.pretrain as pretrain
-    from lrl.io import LrlError
+    import lrl.train.pretrain as pretrain
+    from lrl.core.io import LrlError
 
     start, _, _ = fast_run
     real = pretrain._forward
@@ -442,7 +442,7 @@ def test_nonfinite_losses_skip_the_update_then_stop_the_run(fast_run, clips, tmp
 
     monkeypatch.setattr(pretrain, "_forward", poisoned)
     cfg = replace(FAST, max_steps=2, save_every=0, probe_crops=0)
-    with caplog.at_level(logging.WARNING, logger="lrl.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="lrl.train.pretrain"):
         run_pretraining([clips], tmp_path / "a", cfg, model=start)
     assert sum("non-finite loss" in r.getMessage() for r in caplog.records) == 2
     before, after = load_file(start / "model.safetensors"), load_file(tmp_path / "a" / "model.safetensors")

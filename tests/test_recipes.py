@@ -2,12 +2,12 @@
 `lrl train config` prints a TOML that loads back equal to the defaults."""
 
 import dataclasses
-import tomllib
 
 import pytest
+import tomllib
 
-from lrl.recipes import AUTO, LARGE_PARAMS, RECIPES, choose_recipe, count_parameters, resolve_recipe
-from lrl.runconfig import TrainConfig, _field_comments, default_config_toml, load_config, parse_overrides
+from lrl.train.config import TrainConfig, _field_comments, default_config_toml, load_config, parse_overrides
+from lrl.train.recipes import AUTO, LARGE_PARAMS, RECIPES, choose_recipe, count_parameters, resolve_recipe
 
 
 def _xlsr_300m_config():
@@ -22,7 +22,7 @@ def test_parameter_count_from_the_config_matches_a_built_model():
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     for cfg in (tiny_config("small"), Wav2Vec2Config(hidden_size=96, num_hidden_layers=3, num_attention_heads=4,
                                                       intermediate_size=192, conv_dim=(32,) * 7)):
@@ -39,7 +39,7 @@ def test_parameter_count_from_the_config_matches_a_built_model():
 @pytest.mark.parametrize(("shape", "adapter", "want"), [("tiny", False, "small-start"), ("xlsr", False, "large"),
                                                         ("xlsr", True, "adapter"), ("tiny", True, "adapter")])
 def test_auto_picks_the_recipe_from_the_start_and_mode(shape, adapter, want):
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     cfg = tiny_config("small") if shape == "tiny" else _xlsr_300m_config()
     name, why = choose_recipe(cfg, 0.7, adapter)
@@ -47,7 +47,7 @@ def test_auto_picks_the_recipe_from_the_start_and_mode(shape, adapter, want):
 
 
 def test_explicit_keys_win_and_auto_keys_are_filled(tmp_path):
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     cfg = TrainConfig().with_overrides({"optim.lr": 2e-4})
     out, note = resolve_recipe(cfg, tiny_config("small"), 0.7, planned_updates=2000)

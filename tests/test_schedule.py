@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from lrl.schedule import (
+from lrl.train.schedule import (
     FreezeConfig,
     FreezeScheduleCallback,
     LayerwiseLrConfig,
@@ -16,7 +16,7 @@ from lrl.schedule import (
 
 @pytest.fixture(scope="module")
 def ctc_model(tmp_path_factory):
-    from lrl.model import init_tiny, load_for_ctc
+    from lrl.models.checkpoints import init_tiny, load_for_ctc
 
     # 3 Transformer layers so "monotone in depth" has something to show
     ckpt = init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test", num_hidden_layers=3)
@@ -115,7 +115,7 @@ def test_frozen_parameters_lose_their_gradient_before_the_optimizer_step(ctc_mod
 
 
 def test_adapter_mode_trains_only_adapters_and_head(tmp_path):
-    from lrl.model import init_tiny, load_for_ctc
+    from lrl.models.checkpoints import init_tiny, load_for_ctc
 
     model = load_for_ctc(init_tiny(tmp_path / "t", "test"), 9, adapter_attn_dim=8)
     trainable, total = apply_freeze(model, FreezeConfig(adapters=True).trainable_units(0, 2, 4))

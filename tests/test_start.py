@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lrl.io import LrlError
-from lrl.start import SHIPPED, StartConfig, build_crosslingual_start, resolve_checkpoint
+from lrl.core.io import LrlError
+from lrl.models.checkpoints import SHIPPED, resolve_checkpoint
+from lrl.train.build_start import StartConfig, build_crosslingual_start
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
@@ -38,7 +39,7 @@ def test_shipped_start_loads_as_fp32_ctc_and_transfers_shared_rows():
     import torch
     from safetensors import safe_open
 
-    from lrl.model import load_for_ctc, transfer_head
+    from lrl.models.checkpoints import load_for_ctc, transfer_head
 
     path = Path(resolve_checkpoint("xl-tiny"))
     with safe_open(str(path / "model.safetensors"), framework="pt") as st:
@@ -54,7 +55,7 @@ def test_shipped_start_loads_as_fp32_ctc_and_transfers_shared_rows():
 
 @needs_espeak
 def test_build_writes_a_start_that_train_and_head_transfer_accept(tmp_path, shared_data):
-    from lrl.model import load_for_ctc, transfer_head
+    from lrl.models.checkpoints import load_for_ctc, transfer_head
 
     cfg = StartConfig(texts={"cy": str(shared_data / "lm-text" / "cy.txt"), "sw": "grammar"}, n_per_language=3,
                       n_dev_per_language=1, minutes=0.02, size="test")
@@ -79,7 +80,7 @@ def test_fine_tuning_starts_from_the_shipped_start_by_name(tmp_path, shared_data
     from corpus_fixtures import make_fsdd_dataset
     from transformers import pipeline
 
-    from lrl.train import load_config
+    from lrl.train.trainer import load_config
 
     data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=6, n_dev=2)
     out = tmp_path / "run"

@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lrl.io import read_table
-from lrl.synth import SynthConfig, make_swahili_demo_corpus, swahili_sentence, synthesize_corpus
+from lrl.core.io import read_table
+from lrl.data.synth import SynthConfig, make_swahili_demo_corpus, swahili_sentence, synthesize_corpus
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
@@ -58,8 +58,8 @@ def test_config_validation():
 
 
 def test_multilingual_corpus_is_a_manifest_data_prepare_reads(tmp_path, shared_data):
-    from lrl.data import PrepareConfig, load_prepared, prepare
-    from lrl.synth import make_multilingual_corpus
+    from lrl.data.prepare import PrepareConfig, load_prepared, prepare
+    from lrl.data.synth import make_multilingual_corpus
 
     texts = {"cy": shared_data / "lm-text" / "cy.txt", "sw": "grammar"}
     out = make_multilingual_corpus(tmp_path / "ml", texts, n_per_language=3, n_dev_per_language=1, seed=2)

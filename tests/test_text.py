@@ -3,7 +3,7 @@ import unicodedata
 
 import pytest
 
-from lrl.text import APOSTROPHES, DigitsInText, Normalizer, NormalizerConfig, char_display, char_script
+from lrl.core.text import APOSTROPHES, DigitsInText, Normalizer, NormalizerConfig, char_display, char_script
 
 
 def norm(text, **kw):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from corpus_fixtures import make_fsdd_dataset
 
-from lrl.model import init_tiny, load_for_ctc, transfer_head
-from lrl.train import (
+from lrl.models.checkpoints import init_tiny, load_for_ctc, transfer_head
+from lrl.train.trainer import (
     CTCCollator,
     TrainConfig,
     load_config,
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _vocab(tiny_data):
-    from lrl.vocab import Vocab
+    from lrl.data.vocab import Vocab
 
     return Vocab.load(tiny_data / "vocab")
 
@@ -57,7 +57,7 @@ def test_toml_and_yaml_configs_with_cli_overrides(tmp_path):
     assert c.optim.lr == 1e-3 and c.batching.max_seconds == 20.0 and c.resume is True
     assert c.optim.layer_decay == 0.8  # untouched keys keep the file's value
     # the saved form of a config loads back to the same config
-    from lrl.train import save_config
+    from lrl.train.trainer import save_config
 
     save_config(c, tmp_path)
     assert load_config(tmp_path / "train_config.yaml") == c
@@ -85,7 +85,7 @@ def test_config_validation(overrides, match):
 
 
 def test_bad_config_file_and_override_syntax(tmp_path):
-    from lrl.io import LrlError
+    from lrl.core.io import LrlError
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim\nlr = ")
@@ -129,7 +129,7 @@ def test_pickle_checkpoint_is_refused_without_the_flag(tiny_ckpt, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from lrl.io import LrlError
+    from lrl.core.io import LrlError
 
     pkl = tmp_path / "pickled"  # the same checkpoint as an old-style pytorch_model.bin
     pkl.mkdir()
@@ -144,8 +144,8 @@ def test_pickle_checkpoint_is_refused_without_the_flag(tiny_ckpt, tmp_path):
 def test_head_transfer_copies_the_rows_of_shared_characters(tiny_ckpt, tmp_path):
     import torch
 
-    from lrl.text import NormalizerConfig
-    from lrl.vocab import Vocab
+    from lrl.core.text import NormalizerConfig
+    from lrl.data.vocab import Vocab
 
     src_vocab = Vocab.from_chars("abcdeXYZ", NormalizerConfig())  # an upper-case source vocabulary in part
     src = load_for_ctc(tiny_ckpt, len(src_vocab))
@@ -199,14 +199,14 @@ def test_compute_metrics_decodes_greedy_ctc_and_scores_with_jiwer(tiny_data):
 
 
 def test_dev_rows_with_unknown_characters_and_long_clips_are_scored(tiny_data, caplog):
-    """Dev keeps transcripts with characters outside the vocabulary and clips above max_duration (lrl.data):
+    """Dev keeps transcripts with characters outside the vocabulary and clips above max_duration (lrl.data.prepare):
     the collator maps the character to [UNK], the metrics count it as one character error, and clips longer
     than EVAL_MAX_SECONDS are left out of the in-training evaluation with a warning."""
     import datasets
     import jiwer
     from transformers import EvalPrediction
 
-    from lrl.train import EVAL_MAX_SECONDS, _by_duration
+    from lrl.train.trainer import EVAL_MAX_SECONDS, _by_duration
 
     vocab = _vocab(tiny_data)
     ref = "one twж"
@@ -221,13 +221,13 @@ def test_dev_rows_with_unknown_characters_and_long_clips_are_scored(tiny_data, c
     assert m["wer"] == pytest.approx(jiwer.wer([ref, "six"], ["one tw?", "six"]), rel=1e-12)
     durations = [3.0, EVAL_MAX_SECONDS + 1, 25.0]
     ds = datasets.Dataset.from_dict({"duration": durations, "id": ["a", "b", "c"]})
-    with caplog.at_level(logging.WARNING, logger="lrl.train"):
+    with caplog.at_level(logging.WARNING, logger="lrl.train.trainer"):
         kept = _by_duration(ds, "dev")
     assert list(kept["id"]) == ["a", "c"] and "1 of 3 clips are longer than" in caplog.text
 
 
 def test_all_blank_predictions_get_a_warning_with_causes(caplog):
-    with caplog.at_level(logging.WARNING, logger="lrl.train"):
+    with caplog.at_level(logging.WARNING, logger="lrl.train.trainer"):
         assert warn_if_collapsed({"eval_wer": 1.0, "eval_blank_rate": 1.0}, 200, TrainConfig())
         assert not warn_if_collapsed({"eval_wer": 0.7, "eval_blank_rate": 0.1}, 200, TrainConfig())
     assert "only blanks" in caplog.text and "warmup" in caplog.text and "vocab" in caplog.text
@@ -237,7 +237,7 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_data, tiny_ckpt, tmp_path):
     import torch
     from transformers import TrainingArguments
 
-    from lrl.train import _make_trainer_class
+    from lrl.train.trainer import _make_trainer_class
 
     vocab = _vocab(tiny_data)
     model = load_for_ctc(tiny_ckpt, len(vocab), ctc_zero_infinity=False)
@@ -258,7 +258,7 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_data, tiny_ckpt, tmp_path):
 def test_trainer_optimizer_carries_the_layerwise_groups(tiny_data, tiny_ckpt, tmp_path):
     from transformers import TrainingArguments
 
-    from lrl.train import _make_trainer_class
+    from lrl.train.trainer import _make_trainer_class
 
     model = load_for_ctc(tiny_ckpt, len(_vocab(tiny_data)))
     cfg = TrainConfig().with_overrides({"optim.lr": 1e-3, "optim.layer_decay": 0.5, "optim.head_lr_mult": 4.0})
@@ -325,7 +325,7 @@ def test_adapter_mode_saves_an_adapter_file_that_load_adapter_reads(tiny_data, t
     import torch
     from transformers import Wav2Vec2ForCTC
 
-    from lrl.train import train
+    from lrl.train.trainer import train
 
     out = tmp_path / "adapter"
     cfg = TrainConfig().with_overrides({
@@ -349,7 +349,7 @@ def test_adapter_mode_saves_an_adapter_file_that_load_adapter_reads(tiny_data, t
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(tiny_data, tiny_ckpt, tmp_path):
-    from lrl.train import train
+    from lrl.train.trainer import train
 
     cfg = TrainConfig().with_overrides({
         "output_dir": str(tmp_path / "es"), "data.path": str(tiny_data), "model.checkpoint": str(tiny_ckpt),
@@ -362,7 +362,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(tiny_data, tiny_ckpt, tm
 
 
 def test_time_budget_stops_the_run_and_refits_the_lr_horizon(tiny_data, tiny_ckpt, tmp_path):
-    from lrl.train import train
+    from lrl.train.trainer import train
 
     cfg = TrainConfig().with_overrides({
         "output_dir": str(tmp_path / "tb"), "data.path": str(tiny_data), "model.checkpoint": str(tiny_ckpt),
@@ -405,7 +405,7 @@ def test_sigkill_then_resume_continues_at_the_saved_step(tiny_data, tiny_ckpt, t
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    from lrl.train import last_complete_checkpoint
+    from lrl.train.trainer import last_complete_checkpoint
 
     saved = int(Path(last_complete_checkpoint(out)).name.split("-")[1])
     assert 0 < saved < 100
@@ -427,7 +427,7 @@ def prepare_fsdd(fsdd: Path, work: Path) -> Path:
     takes 5-6 = dev, the rest train."""
     import shutil
 
-    from lrl.data import PrepareConfig, prepare
+    from lrl.data.prepare import PrepareConfig, prepare
 
     shutil.copytree(fsdd / "recordings", work / "recordings")
     lines = ["path\tsentence\tspeaker\tsplit"]
@@ -444,7 +444,7 @@ def prepare_fsdd(fsdd: Path, work: Path) -> Path:
 def test_fsdd_cer_falls_well_below_half_in_a_few_cpu_minutes(shared_data, tmp_path):
     """ENV-NOTES calibration: 2.5M-parameter tiny model, ~16 s of audio per batch, lr 1.5e-3, warmup 30,
     cosine -> ~10% CER in 5 CPU minutes (idle machine)."""
-    from lrl.train import train
+    from lrl.train.trainer import train
 
     data = prepare_fsdd(shared_data / "fsdd", tmp_path)
     ckpt = init_tiny(tmp_path / "small", "small")

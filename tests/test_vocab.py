@@ -2,9 +2,9 @@ import unicodedata
 
 import pytest
 
-from lrl.io import LrlError
-from lrl.text import NormalizerConfig
-from lrl.vocab import (
+from lrl.core.io import LrlError
+from lrl.core.text import NormalizerConfig
+from lrl.data.vocab import (
     PAD,
     UNK,
     WORD_DELIMITER,
@@ -37,7 +37,7 @@ def test_special_tokens_and_ordering():
 
 @pytest.mark.parametrize("text", ["carry aa", "ọmọ ìlú", "a b  c", "bẹ́ẹ̀ ni ọ̀rọ̀"])
 def test_round_trip_text_ids_text(text):
-    from lrl.text import Normalizer
+    from lrl.core.text import Normalizer
 
     norm = NormalizerConfig()
     v = build_vocab([text], norm).vocab
@@ -176,7 +176,7 @@ def test_vocab_build_does_not_import_transformers(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from lrl.vocab import build_vocab; build_vocab(['ab c']).vocab.save(sys.argv[1]); "
+    code = ("import sys; from lrl.data.vocab import build_vocab; build_vocab(['ab c']).vocab.save(sys.argv[1]); "
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

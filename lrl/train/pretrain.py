@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl.audio import SAMPLE_RATE
-from lrl.data import AUDIO_SUFFIXES  # the same audio files `lrl data prepare` picks up in a folder
-from lrl.io import LrlError, atomic_write_text, iter_files
+from lrl.core.constants import (
+    AUDIO_SUFFIXES,  # the same audio files `lrl data prepare` picks up in a folder
+    SAMPLE_RATE,
+)
+from lrl.core.io import LrlError, atomic_write_text, iter_files
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +192,7 @@ def _dataset_audio(path: Path, splits: tuple[str, ...]) -> list[np.ndarray]:
     from datasets import Dataset, DatasetDict, load_from_disk
 
     if (path / "vocab").is_dir():
-        from lrl.data import load_prepared
+        from lrl.data.prepare import load_prepared
 
         ds, _ = load_prepared(path)
     else:  # any saved dataset with the same audio column
@@ -218,7 +220,7 @@ def collect_crops(sources: Sequence[str | Path], config: PretrainConfig) -> tupl
     """16 kHz float32 crops of `config.min_seconds`..`config.max_seconds` from prepared datasets, audio
     folders (searched recursively) and audio files. Long audio is cut into consecutive crops; short
     pieces are dropped and unreadable files skipped, all counted in the returned `InputStats`."""
-    from lrl.audio import AudioError, load_audio
+    from lrl.core.audio import AudioError, load_audio
 
     stats = InputStats()
     max_len, min_len = int(config.max_seconds * SAMPLE_RATE), int(config.min_seconds * SAMPLE_RATE)
@@ -291,7 +293,7 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
-    from lrl.model import tiny_config
+    from lrl.models.checkpoints import tiny_config
 
     if (model is None) == (fresh is None):
         raise ValueError("give exactly one of --model CKPT (a hub id or directory) or --fresh tiny-test|tiny-small")
@@ -305,7 +307,7 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
         )
         logger.info("fresh %s model, %.2fM parameters", fresh, sum(p.numel() for p in net.parameters()) / 1e6)
         return net, fe
-    from lrl.start import resolve_checkpoint
+    from lrl.models.checkpoints import resolve_checkpoint
 
     model = resolve_checkpoint(model)
     local = Path(model)

@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from lrl.io import LrlError
+from lrl.core.io import LrlError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def size_category(n: int) -> str:
 
 def dataset_stats(directory: str | Path) -> dict:
     """Per split: clips, hours, speakers, durations and chars/s (lists), character counts; plus summary.json."""
-    from lrl.data import SUMMARY_FILE, load_prepared
+    from lrl.data.prepare import SUMMARY_FILE, load_prepared
 
     directory = Path(directory)
     dd, vocab = load_prepared(directory)
@@ -80,7 +80,7 @@ def _median(values: list[float]) -> float:
 
 def _command(source: str, out: str, config: dict) -> str:
     """The `lrl data prepare` command line that gives this config (options that differ from the defaults)."""
-    from lrl.data import PrepareConfig
+    from lrl.data.prepare import PrepareConfig
 
     default = PrepareConfig().to_dict()
     parts = ["lrl data prepare", source, "--out", out]
@@ -103,7 +103,7 @@ def write_card(directory: str | Path, card_dir: str | Path | None = None, name: 
     `card_dir` defaults to DIRECTORY/data_cards, so the card travels with the dataset."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from lrl.text import char_display, char_name
+    from lrl.core.text import char_display, char_name
 
     stats = dataset_stats(directory)
     summary, splits = stats["summary"], stats["splits"]

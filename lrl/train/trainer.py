@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl import featcache
-from lrl.batching import BatchingConfig
-from lrl.cpu import set_torch_threads
-from lrl.io import LrlError, atomic_write_text
-from lrl.runconfig import (
+from lrl.core.constants import SAMPLE_RATE
+from lrl.core.cpu import set_torch_threads
+from lrl.core.io import LrlError, atomic_write_text
+from lrl.train import featcache
+from lrl.train.batching import BatchingConfig
+from lrl.train.config import (
     CONFIG_FILE,
     DataConfig,
     EvalConfig,
@@ -32,19 +33,18 @@ from lrl.runconfig import (
     parse_overrides,
     save_config,
 )
-from lrl.schedule import LayerwiseLrConfig
+from lrl.train.schedule import LayerwiseLrConfig
 
-__all__ = [  # the config names are re-exported: `from lrl.train import TrainConfig, load_config` keeps working
+__all__ = [  # the config names are re-exported: `from lrl.train.trainer import TrainConfig, load_config` keeps working
     "CONFIG_FILE", "CTCCollator", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "TrainConfig",
     "TrainResult", "load_config", "make_compute_metrics", "parse_overrides", "save_config", "train",
 ]
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # lrl.audio.SAMPLE_RATE: prepared datasets hold 16 kHz audio
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "training_curves.png"
 BLANK_WER = 0.999  # a dev WER at or above this with (almost) empty predictions = the all-blank plateau
-# Longest dev/test clip scored inside training. Dev/test keep clips above the training max_duration (lrl.data
+# Longest dev/test clip scored inside training. Dev/test keep clips above the training max_duration (lrl.data.prepare
 # EVAL_SPLITS); eval batches are eval_batch_size clips with attention memory growing with the square of the
 # length (8 clips of 60 s: 3000 frames, ~4.6 GB of fp32 scores per layer for 16 heads). Longer ones are left
 # out here, with a warning; `lrl evaluate` scores them in chunks.
@@ -57,7 +57,7 @@ HYP_UNK, REF_UNK = "\u2047", "\ufffd"
 # -- data --------------------------------------------------------------------------------------------
 def load_dataset_dir(path: str | Path):
     """(DatasetDict, Vocab) of a prepared dataset directory (`lrl data prepare`)."""
-    from lrl.data import load_prepared
+    from lrl.data.prepare import load_prepared
 
     return load_prepared(path)
 
@@ -71,7 +71,7 @@ class CTCCollator:
         self.t2i = vocab.token_to_id
         self.unk = self.t2i["[UNK]"]
         self.delim = self.t2i["|"]
-        self.augmenter = augmenter  # lrl.augment.WaveAugmenter: its stream follows (seed, rank, worker, call)
+        self.augmenter = augmenter  # lrl.augment.wave.WaveAugmenter: its stream follows (seed, rank, worker, call)
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
@@ -156,8 +156,8 @@ def _make_trainer_class():
     import torch
     from transformers import Trainer
 
-    from lrl.batching import DynamicBatchSampler
-    from lrl.schedule import layerwise_param_groups, make_lr_lambda
+    from lrl.train.batching import DynamicBatchSampler
+    from lrl.train.schedule import layerwise_param_groups, make_lr_lambda
 
     class CTCTrainer(Trainer):
         """Trainer with lrl's dynamic batches, layer-wise LR groups, LR schedules and skipping of
@@ -281,7 +281,7 @@ def _make_callbacks(cfg: TrainConfig, out: Path, spent_seconds: float = 0.0):
 
 def TimeBudgetCallback(minutes: float, spent_seconds: float = 0.0):  # noqa: N802 - a factory standing in for the class
     """A callback that stops training after `minutes` of wall-clock time and re-fits the LR schedule's
-    horizon (`total` of lrl.schedule's cosine/linear factors) to the updates the budget allows, from the
+    horizon (`total` of lrl.train.schedule's cosine/linear factors) to the updates the budget allows, from the
     measured time per update, so a budgeted run still warms up, peaks and decays. `spent_seconds` (work
     done before training, such as building the conv feature cache) comes out of the budget."""
     from transformers import TrainerCallback
@@ -328,8 +328,8 @@ def _spec_augment_kwargs(cfg: TrainConfig, train_hours: float, min_samples: int)
     """Wav2Vec2Config masking fields of the chosen SpecAugment preset, clamped to the shortest clip."""
     if cfg.model.spec_augment == "checkpoint":
         return {}
-    from lrl.augment import SpecAugmentConfig
-    from lrl.model import read_checkpoint_config
+    from lrl.augment.wave import SpecAugmentConfig
+    from lrl.models.checkpoints import read_checkpoint_config
 
     if cfg.model.spec_augment == "auto":
         spec = SpecAugmentConfig.for_hours(train_hours)
@@ -344,7 +344,7 @@ def _spec_augment_kwargs(cfg: TrainConfig, train_hours: float, min_samples: int)
 def _make_augmenter(cfg: TrainConfig):
     if cfg.data.augment == "none":
         return None
-    from lrl.augment import WaveAugmentConfig, WaveAugmenter
+    from lrl.augment.wave import WaveAugmentConfig, WaveAugmenter
 
     return WaveAugmenter(WaveAugmentConfig.preset(cfg.data.augment), seed=cfg.seed)
 
@@ -377,9 +377,9 @@ def _by_duration(ds, name: str = "dev"):
 
 
 def _resolve_recipe(cfg: TrainConfig, durations: list[float], world: int) -> tuple[TrainConfig, dict]:
-    """Fill the config's "auto" keys from the recipe for this start and this much data (lrl.recipes)."""
-    from lrl.model import read_checkpoint_config
-    from lrl.recipes import resolve_recipe
+    """Fill the config's "auto" keys from the recipe for this start and this much data (lrl.train.recipes)."""
+    from lrl.models.checkpoints import read_checkpoint_config
+    from lrl.train.recipes import resolve_recipe
 
     planned = cfg.optim.max_steps or None
     if planned is None:  # epochs: the updates one epoch packs into, times the epochs
@@ -391,7 +391,7 @@ def _resolve_recipe(cfg: TrainConfig, durations: list[float], world: int) -> tup
 
 
 def _feature_cache_blocker(cfg: TrainConfig, model_config, durations: list[float], world: int) -> str | None:
-    """Why this run cannot use lrl.featcache (or should not: too short, too big), or None."""
+    """Why this run cannot use lrl.train.featcache (or should not: too short, too big), or None."""
     total = sum(durations)
     epochs = None
     if cfg.optim.max_steps > 0:  # batches the updates take, over the batches one epoch packs into
@@ -414,8 +414,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments
 
-    from lrl.model import load_for_ctc, transfer_head
-    from lrl.schedule import FreezeScheduleCallback
+    from lrl.models.checkpoints import load_for_ctc, transfer_head
+    from lrl.train.schedule import FreezeScheduleCallback
 
     if not cfg.data.path:
         raise LrlError("no dataset: set data.path (--data DIR) to a directory written by `lrl data prepare`")
@@ -460,7 +460,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     processor = vocab.to_processor(SAMPLE_RATE)
     tokenizer = processor.tokenizer
-    threads, threads_note = set_torch_threads(cfg.threads)  # lrl.cpu: 0 = from the CPUs free right now
+    threads, threads_note = set_torch_threads(cfg.threads)  # lrl.core.cpu: 0 = from the CPUs free right now
     torch.manual_seed(cfg.seed)
     overrides = dict(layerdrop=cfg.model.layerdrop, hidden_dropout=cfg.model.hidden_dropout,
                      final_dropout=cfg.model.final_dropout)
@@ -501,7 +501,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         output_dir=str(out),
         max_steps=cfg.optim.max_steps if cfg.optim.max_steps > 0 else -1,
         num_train_epochs=cfg.optim.epochs if cfg.optim.max_steps == 0 else 1,
-        per_device_train_batch_size=1,  # unused: batches come from lrl.batching
+        per_device_train_batch_size=1,  # unused: batches come from lrl.train.batching
         per_device_eval_batch_size=cfg.eval.eval_batch_size,
         gradient_accumulation_steps=cfg.optim.grad_accum,
         learning_rate=cfg.optim.lr,
@@ -680,6 +680,6 @@ def write_model_card(out: Path, cfg: TrainConfig, metrics: dict, state, freeze_h
 
 
 def estimate_steps_per_epoch(durations, batching: BatchingConfig, world: int = 1) -> int:
-    from lrl.batching import pack_batches
+    from lrl.core.batching import pack_batches
 
     return math.ceil(len(pack_batches(durations, batching.max_seconds, batching.max_batch_size, batching.seed)) / world)

@@ -163,7 +163,7 @@ class FreezeConfig:
     """What is frozen when. Steps count optimizer updates; the head is always trained."""
 
     freeze_feature_encoder: bool | str = "auto"  # keep the conv front end frozen (until `unfreeze_conv_at`); "auto" =
-    # the training recipe's (lrl.recipes: frozen for every trained start, trained for a random one); unresolved = frozen
+    # the training recipe's (lrl.train.recipes: frozen for every trained start, trained for a random one); unresolved = frozen
     freeze_encoder_steps: int = 0  # the whole Transformer frozen for this many updates (fairseq freeze_finetune_updates)
     unfreeze_layers: int = 0  # then unfreeze this many layers top-down every `unfreeze_every` updates; 0 = all at once
     unfreeze_every: int = 0  # updates between unfreezing steps (with unfreeze_layers > 0)

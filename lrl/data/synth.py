@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl.io import LrlError, atomic_write_text
+from lrl.core.constants import SAMPLE_RATE
+from lrl.core.io import LrlError, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 # espeak-ng voice variants that sound clearly different from one another (male, female, old, "klatt").
 DEFAULT_VARIANTS = ("m1", "m3", "m7", "f1", "f2", "f4", "klatt", "grandpa")
 CV_COLUMNS = ("client_id", "path", "sentence_id", "sentence", "up_votes", "down_votes", "age", "gender",
@@ -237,7 +237,7 @@ def make_multilingual_corpus(
 ) -> Path:
     """Speech in several languages (`texts`: language -> sentence file; "sw" may map to "grammar") as one
     manifest `out/manifest.tsv` (path, sentence, split, speaker, language) for `lrl data prepare`."""
-    from lrl.io import read_text_lines
+    from lrl.core.io import read_text_lines
 
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -256,7 +256,7 @@ def make_multilingual_corpus(
         cfg = SynthConfig(language=ESPEAK_VOICES[lang], seed=int(rng.integers(1 << 31)))
         synthesize_corpus({"train": sents[:n_per_language], "dev": sents[n_per_language:]}, out / lang, cfg, progress)
         for split in ("train", "dev"):
-            from lrl.io import read_table
+            from lrl.core.io import read_table
 
             for r in read_table(out / lang / f"{split}.tsv")[1]:
                 rows.append([f"{lang}/clips/{r['path']}", r["sentence"], split, r["client_id"], lang])

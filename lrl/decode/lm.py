@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lrl.io import LrlError, atomic_write_text
-from lrl.text import Normalizer, char_display, char_name
-from lrl.vocab import Vocab, read_transcripts
+from lrl.core.io import LrlError, atomic_write_text
+from lrl.core.text import Normalizer, char_display, char_name
+from lrl.data.vocab import Vocab, read_transcripts
 
 logger = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class LMBuildResult:
 
 def labels_for_vocab(vocab: Vocab) -> list[str]:
     """pyctcdecode labels in token-id order: '' for [PAD] (the blank), ' ' for '|', '⁇' for [UNK]."""
-    from lrl.vocab import PAD, UNK, WORD_DELIMITER
+    from lrl.data.vocab import PAD, UNK, WORD_DELIMITER
 
     special = {PAD: "", WORD_DELIMITER: " ", UNK: "\u2047"}
     return [special.get(t, t) for t in vocab.tokens]

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lrl.batching import BatchingConfig
-from lrl.io import LrlError, atomic_write_text
-from lrl.recipes import AUTO, RECIPE_NAMES
-from lrl.schedule import FreezeConfig, LayerwiseLrConfig
+from lrl.core.io import LrlError, atomic_write_text
+from lrl.train.batching import BatchingConfig
+from lrl.train.recipes import AUTO, RECIPE_NAMES
+from lrl.train.schedule import FreezeConfig, LayerwiseLrConfig
 
 CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
 _SPEC_CHOICES = ("auto", "checkpoint", "none", "hf-default", "10min", "low-resource", "medium")
@@ -29,9 +29,9 @@ class DataConfig:
     eval_split: str = "dev"  # split evaluated every `eval_steps` ("" = no evaluation)
     test_split: str = "test"  # split evaluated once at the end if present ("" = none)
     max_eval_clips: int = 0  # evaluate on at most this many dev clips (0 = all)
-    augment: str = "none"  # waveform augmentation preset of lrl.augment: none, light, strong
+    augment: str = "none"  # waveform augmentation preset of lrl.augment.wave: none, light, strong
     num_workers: int = 0  # dataloader worker processes (each gets its own augmentation stream)
-    cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.featcache)
+    cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.train.featcache)
     cache_max_gb: float = 4.0  # no cache when it would take more memory than this (GiB)
 
     def __post_init__(self) -> None:
@@ -56,7 +56,7 @@ class ModelConfig:
     init_head_from: str = ""  # a fine-tuned CTC model dir whose head rows for shared characters are copied
     adapter_lang: str = ""  # MMS adapter mode: train only attention adapters + head, save adapter.<lang>.safetensors
     adapter_attn_dim: int = 16  # adapter bottleneck width in adapter mode
-    spec_augment: str = AUTO  # SpecAugment preset of lrl.augment (auto = the recipe's; "checkpoint" = as saved)
+    spec_augment: str = AUTO  # SpecAugment preset of lrl.augment.wave (auto = the recipe's; "checkpoint" = as saved)
     layerdrop: float = 0.0  # probability of skipping a Transformer layer per step
     hidden_dropout: float = 0.0  # dropout in the Transformer
     final_dropout: float = 0.0  # dropout before the CTC head
@@ -75,7 +75,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.schedule.LayerwiseLrConfig)."""
+    """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.train.schedule.LayerwiseLrConfig)."""
 
     lr: float | str = AUTO  # peak LR of the top Transformer layer ("auto" = the recipe's)
     layer_decay: float = 1.0  # LR factor per layer going down
@@ -155,11 +155,11 @@ class TrainConfig:
 
     output_dir: str = ""  # where the model, checkpoints, logs and card go
     recipe: str = AUTO  # fills the "auto" keys (lr, warm-up, conv freezing, SpecAugment): auto (from the start's size and
-    # the hours of data), small-start, scratch, large, adapter or hf-example; explicit keys always win (lrl.recipes)
+    # the hours of data), small-start, scratch, large, adapter or hf-example; explicit keys always win (lrl.train.recipes)
     seed: int = 0  # model init, shuffling, augmentation
     precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
     resume: bool = False  # continue from the last checkpoint in output_dir
-    threads: int = 0  # torch CPU threads per process (0 = automatic, lrl.cpu.choose_threads: the CPUs other
+    threads: int = 0  # torch CPU threads per process (0 = automatic, lrl.core.cpu.choose_threads: the CPUs other
     # processes leave free, at most torch's default; an explicit count always wins)
     max_minutes: float = 0.0  # wall-clock training budget (0 = none): training stops when it is spent, and the
     # LR schedule's horizon is re-fitted to the updates that fit, so the LR still decays (cosine/linear)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lrl.io import LrlError, atomic_write_text, read_table, read_text_lines
-from lrl.text import Normalizer, NormalizerConfig, char_display, char_name, char_script
+from lrl.core.constants import SAMPLE_RATE, TEXT_COLUMNS
+from lrl.core.io import LrlError, atomic_write_text, read_table, read_text_lines
+from lrl.core.text import Normalizer, NormalizerConfig, char_display, char_name, char_script
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ REPORT_FILE = "vocab_report.md"
 COUNTS_FILE = "char_counts.tsv"
 
 # Columns that hold a transcript in manifests we know (Common Voice first).
-TEXT_COLUMNS = ("sentence", "text", "transcript", "transcription", "normalized_text", "label")
 RARE_REPORT_BELOW = 5  # characters seen fewer times than this are listed as rare in the report
 
 RarePolicy = Literal["keep", "exclude"]
@@ -166,7 +166,7 @@ class Vocab:
                 do_lower_case=False,
             )
 
-    def to_processor(self, sampling_rate: int = 16000):
+    def to_processor(self, sampling_rate: int = SAMPLE_RATE):
         """A `Wav2Vec2Processor` (feature extractor + tokenizer) for this vocabulary."""
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 

@@ -71,7 +71,7 @@ class NormalizerConfig:
 
     def save(self, directory: str | Path) -> Path:
         """Write `normalizer.json` into `directory` atomically; returns its path."""
-        from lrl.io import atomic_write_text
+        from lrl.core.io import atomic_write_text
 
         path = Path(directory) / NORMALIZER_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False, sort_keys=True) + "\n")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl.io import LrlError, atomic_write_text
-from lrl.vocab import Vocab
+from lrl.core.io import LrlError, atomic_write_text
+from lrl.data.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class CTCDecoder:
 
     @classmethod
     def from_vocab(cls, vocab: Vocab, lm: str | Path | None = None, config: DecoderConfig | None = None) -> CTCDecoder:
-        from lrl.lm import labels_for_vocab
+        from lrl.decode.lm import labels_for_vocab
 
         dec = cls(labels_for_vocab(vocab), lm, config)
         dec._vocab = vocab
@@ -351,7 +351,7 @@ class CTCDecoder:
     def load(cls, model_dir: str | Path, lm: str | Path | None = None, **overrides) -> CTCDecoder:
         """The decoder of a model directory: its vocabulary, `decoder.json` settings and LM (`lm` overrides
         the LM: MODEL/language_model/, else the path recorded in decoder.json, else none)."""
-        from lrl.lm import LM_DIR, find_lm
+        from lrl.decode.lm import LM_DIR, find_lm
 
         model_dir = Path(model_dir)
         vocab = Vocab.load(model_dir)
@@ -383,7 +383,7 @@ class CTCDecoder:
         c = self.config
         model_path, unigrams = None, None
         if self.lm_path is not None:
-            from lrl.lm import find_lm, read_unigrams
+            from lrl.decode.lm import find_lm, read_unigrams
 
             files = find_lm(self.lm_path)
             model_path, unigrams = str(files.model), read_unigrams(files)
@@ -419,7 +419,7 @@ class CTCDecoder:
         vocab = getattr(self, "_vocab", None)
         for d in (lm_dir, lm_dir.parent):
             if vocab is not None and (d / "normalizer.json").is_file():
-                from lrl.text import NormalizerConfig
+                from lrl.core.text import NormalizerConfig
 
                 if NormalizerConfig.load(d) != vocab.normalizer:
                     logger.warning(
@@ -531,7 +531,7 @@ class CTCDecoder:
     def save(self, directory: str | Path, vocab: Vocab | None = None) -> Path:
         """Write alphabet.json + language_model/ (attrs.json with this config's alpha/beta) into `directory`,
         the layout `BeamSearchDecoderCTC.load_from_dir` and `Wav2Vec2ProcessorWithLM.from_pretrained` read."""
-        from lrl.lm import install_lm, write_alphabet
+        from lrl.decode.lm import install_lm, write_alphabet
 
         vocab = vocab or getattr(self, "_vocab", None)
         if vocab is None:

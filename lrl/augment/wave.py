@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # Hz; lrl.audio.SAMPLE_RATE, repeated so this module imports without the data stage
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
 _GLOBAL_RNG_LOCK = threading.Lock()  # audiomentations draws from `random` and `np.random`: one user at a time
 
 
@@ -281,7 +281,7 @@ class WaveAugmentConfig:
         """Read the `[augment]` table (or `table`) of a TOML run config."""
         import tomllib
 
-        from lrl.io import LrlError
+        from lrl.core.io import LrlError
 
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -637,7 +637,7 @@ def _write_wav(path: Path, x: np.ndarray) -> None:
 
     import soundfile as sf
 
-    from lrl.io import atomic_write_bytes
+    from lrl.core.io import atomic_write_bytes
 
     peak = float(np.abs(x).max(initial=0.0))
     if peak > 1.0:  # PCM would clip: scale for listening (the training copy is not scaled)
@@ -654,12 +654,12 @@ def preview(
 ) -> PreviewResult:
     """Write `n` augmented versions of one clip (WAV + before/after PNG each) and, when `specaugment` is
     given, a picture of its masks over the frames of `model_config` (default: the wav2vec 2.0 layout)."""
-    from lrl import plots
+    from lrl.core import plots
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     audio, out_dir = Path(audio), Path(out_dir)
-    from lrl.audio import load_audio
+    from lrl.core.audio import load_audio
 
     x = load_audio(audio, SAMPLE_RATE)
     if len(x) == 0:
@@ -685,7 +685,7 @@ def _preview_specaugment(x: np.ndarray, path: Path, spec: SpecAugmentConfig, mod
     from transformers import Wav2Vec2Config
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
-    from lrl import plots
+    from lrl.core import plots
 
     model_config = model_config or Wav2Vec2Config()
     frames = feature_frames(len(x), model_config)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl.io import LrlError
+from lrl.core.constants import SAMPLE_RATE
+from lrl.core.io import LrlError
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000  # Hz: what Wav2Vec2/XLS-R/MMS checkpoints were pretrained on
 # A decoded clip shorter than this share of the frame count its header announces is truncated
 # (libsndfile decodes a cut mp3 up to the cut and says nothing; the Xing header still has the length).
 TRUNCATED_BELOW = 0.99

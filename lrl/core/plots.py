@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl.io import atomic_write_bytes
+from lrl.core.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

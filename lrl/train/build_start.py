@@ -11,25 +11,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrl.io import LrlError, atomic_write_text
+from lrl.core.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_DIR = Path(__file__).parent / "assets"  # checkpoints that ship inside the package
-SHIPPED = {"xl-tiny": SHIPPED_DIR / "xl-tiny"}  # name -> directory (a name never shadows a local dir)
 # Files of a trained output directory a start needs (model, processor, normaliser) or documents itself with.
 _KEEP = ("config.json", "vocab.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
          "normalizer.json", "special_tokens_map.json", "train_config.yaml", "metrics.csv", "training_curves.png")
-def resolve_checkpoint(name: str | Path) -> str:
-    """A local directory as given; a shipped start's name (`xl-tiny`) as its directory; anything else
-    (a hub id) unchanged."""
-    text = str(name)
-    if Path(text).expanduser().exists() or text not in SHIPPED:
-        return text
-    path = SHIPPED[text]
-    if not (path / "model.safetensors").is_file():
-        raise LrlError(f"the shipped start {text!r} is missing from {path}: rebuild it with `make xl-start`")
-    return str(path)
 
 
 @dataclass(frozen=True)
@@ -40,7 +28,7 @@ class StartConfig:
     n_per_language: int = 300  # synthesised training utterances per language (~3-5 s each)
     n_dev_per_language: int = 10  # dev utterances per language (checkpoint choice, curves)
     minutes: float = 10.0  # wall-clock budget of the CTC training (the LR schedule is fitted to it)
-    size: str = "small"  # lrl.model.tiny_config size of the randomly initialised model
+    size: str = "small"  # lrl.models.checkpoints.tiny_config size of the randomly initialised model
     seed: int = 0
     half: bool = True  # store the weights in fp16 (half the size; loaded back as fp32)
 
@@ -59,8 +47,10 @@ def build_crosslingual_start(out: str | Path, config: StartConfig, work: str | P
     train a fresh tiny XLS-R-shaped model on it with CTC for `config.minutes`, and write the model,
     processor and a provenance card to `out`. Intermediate files go to `work` (default: out/../NAME-work),
     which is reused when it already holds the corpus or dataset. Returns `out`."""
-    from lrl import data, synth, train
-    from lrl.model import init_tiny
+    from lrl.data import prepare as data
+    from lrl.data import synth
+    from lrl.models.checkpoints import init_tiny
+    from lrl.train import trainer as train
 
     out = Path(out)
     work = Path(work) if work else out.parent / f"{out.name}-work"
@@ -81,7 +71,7 @@ def build_crosslingual_start(out: str | Path, config: StartConfig, work: str | P
         "output_dir": str(run_dir), "seed": config.seed, "max_minutes": config.minutes,
         "data": {"path": str(ds_dir), "test_split": ""},
         "eval": {"eval_steps": 100, "logging_steps": 20, "save_total_limit": 1},
-        "recipe": "scratch",  # lrl.recipes: a random start
+        "recipe": "scratch",  # lrl.train.recipes: a random start
         "model": {"checkpoint": str(init)},
         "optim": {"max_steps": 100_000},  # the wall-clock budget ends the run
     }
@@ -111,7 +101,7 @@ def _export(run_dir: Path, out: Path, config: StartConfig, result, t_corpus: flo
     card = [
         "# xl-tiny: a tiny cross-lingual Wav2Vec2 start built by lrl",
         "",
-        f"A {n_params / 1e6:.1f}M-parameter Wav2Vec2ForCTC with the XLS-R layout (`lrl.model.tiny_config({config.size!r})`), "
+        f"A {n_params / 1e6:.1f}M-parameter Wav2Vec2ForCTC with the XLS-R layout (`lrl.models.checkpoints.tiny_config({config.size!r})`), "
         "trained from random weights with CTC on espeak-ng speech (several voices, speaking rates, pitches, added noise) "
         f"in {len(config.texts)} languages: {', '.join(sorted(config.texts))}.",
         "It is a starting checkpoint, not a recogniser: fine-tune it on your language with "

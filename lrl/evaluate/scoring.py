@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lrl.cpu import set_torch_threads
-from lrl.io import LrlError, atomic_write_bytes, atomic_write_text
+from lrl.core.constants import AUDIO_SUFFIXES
+from lrl.core.cpu import set_torch_threads
+from lrl.core.io import LrlError, atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class EvalConfig:
     batch_seconds: float = 60.0  # audio per forward pass (utterances sorted by length, padded)
     max_utterances: int | None = None  # evaluate only the first N utterances of the split (quick looks)
     cache: bool = True  # reuse cached log-probs (DATA/.lrl-cache/logits/<key>.npz)
-    threads: int = 0  # torch CPU threads; 0 = automatic (lrl.cpu.choose_threads)
+    threads: int = 0  # torch CPU threads; 0 = automatic (lrl.core.cpu.choose_threads)
     lm_workers: int = 0  # processes for LM decoding; 0 = all cores
     chunk_seconds: float = CHUNK_SECONDS  # clips longer than this run in overlapping chunks, as `lrl transcribe`
     stride_seconds: float = STRIDE_SECONDS  # context on each side of a chunk, dropped when merging
@@ -73,7 +74,7 @@ class AcousticModel:
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise LrlError(f"{self.model_dir} is not a model directory (no config.json): pass the output of `lrl train`")
-        set_torch_threads(threads)  # lrl.cpu: 0 = from the CPUs free right now
+        set_torch_threads(threads)  # lrl.core.cpu: 0 = from the CPUs free right now
         self.model = Wav2Vec2ForCTC.from_pretrained(str(self.model_dir), dtype=torch.float32).eval()
         self.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(self.model_dir))
         self.sample_rate = int(self.feature_extractor.sampling_rate)
@@ -185,7 +186,7 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: EvalCon
     """Log-probs of `config.split` of a prepared dataset, from the cache when the model weights/config and
     the split's fingerprint are unchanged; computed with the model (and cached) otherwise. Clips longer than
     `config.chunk_seconds` run in overlapping chunks (`chunked_log_probs`), so memory stays bounded."""
-    from lrl.data import load_prepared
+    from lrl.data.prepare import load_prepared
 
     config = config or EvalConfig()
     data_dir = Path(data_dir)
@@ -229,7 +230,7 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: EvalCon
 
 
 def _check_vocab(model_dir: str | Path, data_vocab) -> None:
-    from lrl.vocab import Vocab
+    from lrl.data.vocab import Vocab
 
     try:
         model_vocab = Vocab.load(model_dir)
@@ -338,10 +339,10 @@ def evaluate(
     """WER/CER of a model on a split, greedy and (when an LM is given or installed in the model dir) with
     beam search, written to OUT/utterances.tsv and OUT/summary.json (OUT defaults to MODEL/eval-<split>).
     Every row of the split is scored or counted in `not_scored` with its reason."""
-    from lrl.data import split_record
-    from lrl.decode import CTCDecoder
-    from lrl.text import Normalizer
-    from lrl.vocab import Vocab
+    from lrl.core.text import Normalizer
+    from lrl.data.prepare import split_record
+    from lrl.data.vocab import Vocab
+    from lrl.decode.decoder import CTCDecoder
 
     config = config or EvalConfig()
     model_dir = Path(model_dir)
@@ -463,7 +464,7 @@ _TUNE_DATA: dict[str, tuple] = {}
 
 
 def _tune_point(args: tuple) -> TunePoint:
-    from lrl.decode import _beam_search
+    from lrl.decode.decoder import _beam_search
 
     key, data_key, params = args
     prepared, refs, norm = _TUNE_DATA[data_key]
@@ -582,10 +583,10 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = No
     before/after), MODEL/tune-<split>/{grid.tsv, heatmap.png}, and with `install` copy the LM into
     MODEL/language_model/ with the tuned attrs.json (+ MODEL/alphabet.json) so Wav2Vec2ProcessorWithLM and
     `lrl evaluate` use it."""
-    from lrl.decode import CTCDecoder, write_decoder_json
-    from lrl.lm import LM_DIR, install_lm
-    from lrl.text import Normalizer
-    from lrl.vocab import Vocab
+    from lrl.core.text import Normalizer
+    from lrl.data.vocab import Vocab
+    from lrl.decode.decoder import CTCDecoder, write_decoder_json
+    from lrl.decode.lm import LM_DIR, install_lm
 
     config = config or TuneConfig()
     model_dir = Path(model_dir)
@@ -618,7 +619,6 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = No
 
 
 # -- transcription ------------------------------------------------------------------------------------
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 
 
 @dataclass(frozen=True)
@@ -676,9 +676,9 @@ def transcribe(model_dir: str | Path, inputs: list[str | Path], config: Transcri
                lm: str | Path | None = None) -> list[Transcript]:
     """Transcribe audio files (folders are searched for audio) with the model and, if present, its LM;
     word times come from the CTC frames of each word (frame = conv stride / sampling rate)."""
-    from lrl.audio import load_audio
-    from lrl.decode import CTCDecoder
-    from lrl.io import iter_files
+    from lrl.core.audio import load_audio
+    from lrl.core.io import iter_files
+    from lrl.decode.decoder import CTCDecoder
 
     config = config or TranscribeConfig()
     files: list[Path] = []

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from lrl.audio import SAMPLE_RATE, AudioError, load_audio
-from lrl.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
-from lrl.text import DigitsInText, Normalizer, NormalizerConfig
+from lrl.core.audio import AudioError, load_audio
+from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE, TEXT_COLUMNS
+from lrl.core.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
+from lrl.core.text import DigitsInText, Normalizer, NormalizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,7 @@ SUMMARY_FILE = "summary.json"
 SKIPPED_FILE = "skipped.tsv"
 VOCAB_DIR = "vocab"
 CV_TABLES = ("train", "dev", "test", "validated", "other", "invalidated")
-AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a", ".webm")
 AUDIO_COLUMNS = ("path", "audio", "audio_path", "audio_filepath", "file", "filename", "wav", "clip")
-TEXT_COLUMNS = ("sentence", "text", "transcript", "transcription", "normalized_text", "label")
 SPEAKER_COLUMNS = ("client_id", "speaker", "speaker_id")
 CLIP_DURATIONS = "clip_durations.tsv"  # Common Voice: clip -> duration[ms], checked against the decoded audio
 CLIP_DURATION_TOLERANCE = 0.1  # seconds of difference always accepted (encoder padding)
@@ -421,7 +420,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
             vocab_dir: str | Path | None = None) -> dict:
     """Prepare `src` into the dataset directory `out`; returns the summary (also in out/summary.json).
     A finished `out` with the same input fingerprint is reused without decoding again."""
-    from lrl.vocab import Vocab, build_vocab
+    from lrl.data.vocab import Vocab, build_vocab
 
     config = config or PrepareConfig()
     src, out = Path(src), Path(out)
@@ -754,7 +753,7 @@ def load_prepared(directory: str | Path):
     """(DatasetDict, Vocab) of a directory written by `prepare`."""
     import datasets
 
-    from lrl.vocab import Vocab
+    from lrl.data.vocab import Vocab
 
     directory = Path(directory)
     if not (directory / "dataset_dict.json").is_file():

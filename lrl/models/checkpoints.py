@@ -10,9 +10,27 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from lrl.io import LrlError
+from lrl.core.constants import SAMPLE_RATE
+from lrl.core.io import LrlError
 
 logger = logging.getLogger(__name__)
+
+# The checkpoints lrl ships and how a `--checkpoint` name resolves (was in the start builder).
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "assets"  # checkpoints that ship inside the package
+SHIPPED = {"xl-tiny": SHIPPED_DIR / "xl-tiny"}  # name -> directory (a name never shadows a local dir)
+
+
+def resolve_checkpoint(name: str | Path) -> str:
+    """A local directory as given; a shipped start's name (`xl-tiny`) as its directory; anything else
+    (a hub id) unchanged."""
+    text = str(name)
+    if Path(text).expanduser().exists() or text not in SHIPPED:
+        return text
+    path = SHIPPED[text]
+    if not (path / "model.safetensors").is_file():
+        raise LrlError(f"the shipped start {text!r} is missing from {path}: rebuild it with `make xl-start`")
+    return str(path)
+
 
 TinySize = Literal["test", "small"]
 
@@ -63,7 +81,7 @@ def init_tiny(out: str | Path, size: TinySize = "test", seed: int = 0, **overrid
     out = Path(out)
     model.save_pretrained(out)
     Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
     ).save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     logger.info("wrote a %s Wav2Vec2ForPreTraining (%.2fM parameters) to %s", size, n / 1e6, out)
@@ -119,8 +137,6 @@ def read_checkpoint_config(checkpoint: str | Path):
     """The Wav2Vec2Config of a hub id or local directory; LrlError when it is missing or not wav2vec2."""
     from transformers import Wav2Vec2Config
 
-    from lrl.start import resolve_checkpoint
-
     text = resolve_checkpoint(checkpoint)
     local = Path(text).expanduser()
     if not local.exists() and (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text):
@@ -150,8 +166,6 @@ def load_for_ctc(
     With `adapter_attn_dim`, MMS attention adapters are added and (with the head) freshly initialised."""
     import torch
     from transformers import Wav2Vec2ForCTC
-
-    from lrl.start import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
     local = Path(checkpoint)
@@ -233,8 +247,6 @@ def transfer_head(model, target_tokens: list[str] | tuple[str, ...], source: str
     counterparts; a character missing in the source is looked up in the other case. Returns the tokens
     copied."""
     import torch
-
-    from lrl.start import resolve_checkpoint
 
     source = Path(resolve_checkpoint(source))
     weight, bias = _read_head(source, allow_pickle)
