@@ -262,14 +262,16 @@ def augment_preview(
     audio: Annotated[Path, typer.Argument(help="An audio file (any format ffmpeg reads).", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the WAVs and PNGs.")],
     preset: Annotated[WavePresetOpt, typer.Option(help="Waveform augmentation preset.")] = WavePresetOpt.strong,
-    config: Annotated[Path | None, typer.Option(help="A TOML run config: its [augment] table replaces --preset.", exists=True, dir_okay=False)] = None,
+    config: Annotated[Path | None, typer.Option(help="A TOML file whose [augment] table (a preset and/or transforms as tables) replaces --preset.", exists=True, dir_okay=False)] = None,
     n: Annotated[int, typer.Option("--n", help="Number of augmented versions.", min=1, max=50)] = 4,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same outputs).", min=0)] = 0,
     specaugment: Annotated[SpecPresetOpt, typer.Option(help="SpecAugment preset drawn over the model's frames.")] = SpecPresetOpt.low_resource,
     model: Annotated[Path | None, typer.Option(help="Model dir whose config.json gives frames and hidden size (default: wav2vec 2.0 layout).", exists=True, file_okay=False)] = None,
 ) -> None:
     """Write DIR/<stem>_aug<i>.wav and .png (waveform + log-mel before/after) and DIR/<stem>_specaugment.png."""
-    from lrl.augment.wave import SpecAugmentConfig, WaveAugmentConfig, preview
+    from lrl.augment.preview import preview
+    from lrl.augment.specaugment import SpecAugmentConfig
+    from lrl.augment.wave import WaveAugmentConfig
 
     wave = WaveAugmentConfig.from_toml(config) if config else WaveAugmentConfig.preset(preset.value)
     model_config = None
@@ -287,9 +289,10 @@ def augment_preview(
 @augment_app.command("presets")
 def augment_presets() -> None:
     """List the waveform and SpecAugment presets with their settings."""
-    from lrl.augment.wave import SPEC_PRESETS, WAVE_PRESETS, SpecAugmentConfig, WaveAugmentConfig
+    from lrl.augment.specaugment import SPEC_PRESETS, SpecAugmentConfig
+    from lrl.augment.wave import WAVE_PRESETS, WaveAugmentConfig
 
-    typer.echo("waveform presets (the [augment] table of a run config: preset = \"light\", or transforms as tables):")
+    typer.echo("waveform presets (training: data.augment = \"light\"; preview --config: an [augment] table of a preset and/or transforms):")
     for name in WAVE_PRESETS:
         d = WaveAugmentConfig.preset(name).to_dict()
         typer.echo(f"  {name}:" + ("" if d else " no augmentation"))

@@ -61,7 +61,9 @@ class DemoResult:
 
 def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = print) -> DemoResult:
     """Run every stage; `say` receives one line per stage start/end (the CLI passes typer.echo)."""
-    from lrl.augment import wave as augment
+    from lrl.augment.preview import preview
+    from lrl.augment.specaugment import SpecAugmentConfig
+    from lrl.augment.wave import WaveAugmentConfig
     from lrl.data import cards as card
     from lrl.data import prepare as data
     from lrl.data import synth
@@ -104,9 +106,9 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
 
     with stage("augment"):
         clip = sorted((corpus / "clips").glob("*_train_*.wav"))[0]
-        augment.preview(
-            clip, out / "augment_preview", augment.WaveAugmentConfig.preset("strong"), n=2, seed=config.seed,
-            specaugment=augment.SpecAugmentConfig.preset("hf-default"),
+        preview(
+            clip, out / "augment_preview", WaveAugmentConfig.preset("strong"), n=2, seed=config.seed,
+            specaugment=SpecAugmentConfig.preset("hf-default"),
         )
         res.artefacts["augmentation preview (wav + png)"] = str(out / "augment_preview")
 

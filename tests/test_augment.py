@@ -9,20 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lrl.augment.specaugment import SPEC_PRESETS, SpecAugmentConfig, feature_frames, min_samples_for_frames
 from lrl.augment.wave import (
-    SPEC_PRESETS,
     WAVE_PRESETS,
     BackgroundNoiseConfig,
     NoiseConfig,
     ReverbConfig,
-    SpecAugmentConfig,
     SpeedConfig,
     WaveAugmentConfig,
     WaveAugmenter,
-    augment_train_split,
-    feature_frames,
-    make_train_transform,
-    min_samples_for_frames,
 )
 
 SR = 16000
@@ -230,36 +225,6 @@ def test_augmenter_rejects_bad_input():
         WaveAugmenter(WaveAugmentConfig.preset("light"), seed=-1)
     with pytest.raises(ValueError, match="worker_id must be >= 0"):
         aug.for_worker(-1)
-
-
-# -- training data only ---------------------------------------------------------------------------------
-def test_only_the_train_split_is_augmented(clips):
-    from datasets import Dataset, DatasetDict, Features, List, Value
-
-    features = Features({"id": Value("string"), "audio": List(Value("float32")), "duration": Value("float32")})
-    rows = {"id": ["a", "b"], "audio": [c.tolist() for c in clips], "duration": [len(c) / SR for c in clips]}
-    splits = DatasetDict({name: Dataset.from_dict(rows, features=features) for name in ("train", "dev", "test")})
-    config = WaveAugmentConfig(speed=SpeedConfig(p=1.0, factors=(1.1,)), noise=NoiseConfig(p=1.0))
-    out = augment_train_split(splits, WaveAugmenter(config, seed=0))
-    assert out["dev"] is splits["dev"] and out["test"] is splits["test"]
-    for name in ("dev", "test"):
-        for row, clip in zip(out[name], clips, strict=True):
-            np.testing.assert_array_equal(np.asarray(row["audio"], dtype=np.float32), clip)
-    train = out["train"][:2]
-    for y, clip, dur in zip(train["audio"], clips, train["duration"], strict=True):
-        assert abs(len(y) - len(clip) / 1.1) <= 1 and y.dtype == np.float32
-        assert dur == pytest.approx(len(y) / SR)
-    again = out["train"][:2]["audio"]  # on the fly: each read is a new draw
-    assert not np.array_equal(train["audio"][0], again[0])
-    with pytest.raises(ValueError, match="no 'train' split"):
-        augment_train_split(DatasetDict({"dev": splits["dev"]}), WaveAugmenter(config))
-
-
-def test_train_transform_on_plain_batches(clips):
-    fn = make_train_transform(WaveAugmenter(WaveAugmentConfig.preset("none")))
-    batch = {"audio": [clips[0].tolist()], "text": ["ẹ kú àárọ̀"]}
-    out = fn(batch)
-    assert out["text"] == batch["text"] and np.array_equal(out["audio"][0], clips[0])
 
 
 # -- SpecAugment ----------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
-"""Augmentation for training audio: waveform transforms (audiomentations, plus Kaldi-style speed
-perturbation) drawn from one seed with a distinct stream per call, dataloader worker and rank; and
-SpecAugment settings, which are the model's own masking (`Wav2Vec2Config.mask_*`), with presets by amount
-of labelled data, validated against the shortest clip. Eval splits are never augmented.
+"""Waveform augmentation for training audio: one frozen config per transform (audiomentations, plus
+Kaldi-style speed perturbation), presets, and the augmenter, which draws every clip from one seed with a
+distinct stream per call, dataloader worker and rank. Eval splits are never augmented.
 """
 
 from __future__ import annotations
@@ -242,7 +241,8 @@ class WaveAugmentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WaveAugmentConfig:
-        """The `[augment]` table of a run's config: `{"preset": "light"}`, explicit transforms
+        """An `[augment]` table (what `lrl augment preview --config` reads; training takes a preset name,
+        `data.augment`): `{"preset": "light"}`, explicit transforms
         (`{"noise": {"p": 0.5, "min_snr_db": 10}, "speed": {}}`), or a preset with some transforms
         replaced (a table) or switched off (`false`)."""
         if not isinstance(d, Mapping):
@@ -278,7 +278,7 @@ class WaveAugmentConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, table: str = "augment") -> WaveAugmentConfig:
-        """Read the `[augment]` table (or `table`) of a TOML run config."""
+        """Read the `[augment]` table (or `table`) of a TOML file."""
         import tomllib
 
         from lrl.core.io import LrlError
@@ -463,247 +463,3 @@ class WaveAugmenter:
 
     def __repr__(self) -> str:
         return f"WaveAugmenter({self.config.name!r}, seed={self.seed}, worker_id={self.worker_id}, transforms={list(self.config.enabled)})"
-
-
-def make_train_transform(
-    augmenter: WaveAugmenter, audio_column: str = "audio", sample_rate: int = SAMPLE_RATE
-) -> Callable[[dict], dict]:
-    """A batch function for `train_ds.with_transform(...)`: augments `audio_column` (lists of floats
-    or arrays) and updates `duration` when present. Give it to the TRAIN split only (`augment_train_split`)."""
-
-    def transform(batch: dict) -> dict:
-        out = dict(batch)
-        out[audio_column] = [augmenter(np.asarray(a, dtype=np.float32), sample_rate) for a in batch[audio_column]]
-        if "duration" in batch:
-            out["duration"] = [len(a) / sample_rate for a in out[audio_column]]
-        return out
-
-    return transform
-
-
-def augment_train_split(splits, augmenter: WaveAugmenter, train_split: str = "train", audio_column: str = "audio"):
-    """A DatasetDict whose `train_split` augments on the fly; every other split (dev, test) is the very
-    same object as before: evaluation data is never augmented."""
-    from datasets import DatasetDict
-
-    if train_split not in splits:
-        raise ValueError(f"no {train_split!r} split to augment; the splits are {list(splits)}")
-    out = DatasetDict(dict(splits))
-    if augmenter.config.enabled:
-        out[train_split] = splits[train_split].with_transform(make_train_transform(augmenter, audio_column))
-    return out
-
-
-# -- SpecAugment ---------------------------------------------------------------------------------------
-SPEC_PRESETS = ("none", "hf-default", "10min", "low-resource", "medium")
-
-
-@dataclass(frozen=True)
-class SpecAugmentConfig:
-    """Wav2Vec2's own masking of the feature-encoder output: time spans get the learned mask embedding,
-    feature (channel) spans get zeros. Applied by the model in train mode only."""
-
-    mask_time_prob: float = 0.05  # ~upper bound of the share of frames masked, [0, 1]
-    mask_time_length: int = 10  # frames per time mask (20 ms a frame with the standard front end)
-    mask_time_min_masks: int = 2  # at least this many time masks per clip
-    mask_feature_prob: float = 0.0  # ~upper bound of the share of hidden channels zeroed, [0, 1]
-    mask_feature_length: int = 10  # channels per feature mask
-    mask_feature_min_masks: int = 0  # at least this many feature masks
-    name: str = field(default="custom", compare=False)  # preset name, for logs
-
-    def __post_init__(self) -> None:
-        _check_p(self.mask_time_prob, "mask_time_prob")
-        _check_p(self.mask_feature_prob, "mask_feature_prob")
-        for n in ("mask_time_length", "mask_feature_length"):
-            if int(getattr(self, n)) < 1:
-                raise ValueError(f"{n} must be an integer >= 1, got {getattr(self, n)!r}")
-        for n in ("mask_time_min_masks", "mask_feature_min_masks"):
-            if int(getattr(self, n)) < 0:
-                raise ValueError(f"{n} must be an integer >= 0, got {getattr(self, n)!r}")
-
-    @classmethod
-    def preset(cls, name: str) -> SpecAugmentConfig:
-        """`hf-default` (HF Wav2Vec2Config defaults, large data); fairseq's XLS-R/wav2vec 2.0 fine-tuning
-        recipes: `10min` (vox_10m), `low-resource` (vox_1h / vox_10h), `medium` (vox_100h); `none`."""
-        table = {
-            "none": dict(mask_time_prob=0.0, mask_feature_prob=0.0),
-            "hf-default": dict(),
-            "10min": dict(mask_time_prob=0.65, mask_feature_prob=0.25, mask_feature_length=64),
-            "low-resource": dict(mask_time_prob=0.75, mask_feature_prob=0.25, mask_feature_length=64),
-            "medium": dict(mask_time_prob=0.5, mask_feature_prob=0.5, mask_feature_length=64),
-        }
-        if name not in table:
-            raise ValueError(f"SpecAugment preset must be one of {list(SPEC_PRESETS)}, got {name!r}")
-        return cls(**table[name], name=name)
-
-    @classmethod
-    def for_hours(cls, hours: float) -> SpecAugmentConfig:
-        """The preset for this many hours of labelled training audio."""
-        if hours < 0:
-            raise ValueError(f"hours must be >= 0, got {hours}")
-        return cls.preset("10min" if hours < 0.5 else "low-resource" if hours < 30 else "medium")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SpecAugmentConfig:
-        """`{"preset": "low-resource", "mask_time_prob": 0.5}`: a preset (default hf-default) with overrides."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"name"}
-        bad = sorted(set(d) - names - {"preset"})
-        if bad:
-            raise ValueError(f"specaugment: unknown key(s) {bad}; allowed: 'preset', {sorted(names)}")
-        base = cls.preset(str(d.get("preset", "hf-default")))
-        overrides = {k: v for k, v in d.items() if k != "preset"}
-        return dataclasses.replace(base, **overrides, name=f"{base.name}+custom") if overrides else base
-
-    def to_model_kwargs(self) -> dict[str, float | int]:
-        """The Wav2Vec2Config fields: `Wav2Vec2ForCTC.from_pretrained(ckpt, **kwargs)` or `config.update(kwargs)`."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "name"}
-
-    def validate(self, min_frames: int, *, num_features: int | None = None, strict: bool = False) -> SpecAugmentConfig:
-        """Check the settings against the shortest clip (`min_frames` encoder frames) and the hidden size.
-        A mask longer than the sequence crashes the forward pass (transformers #14524); min_masks x length
-        beyond the clip blanks it (#15424). Limits: one mask and the minimum masks together cover at most
-        half of the shortest clip. Returns a clamped copy (with a logged warning), or raises ValueError
-        if `strict`."""
-        if int(min_frames) < 1:
-            raise ValueError(
-                f"min_frames must be >= 1, got {min_frames}: the shortest clip is shorter than one encoder frame; "
-                "drop such clips in data preparation (a minimum duration)"
-            )
-        problems, changes = [], {}
-        axes = [("time", int(min_frames), "frames in the shortest clip")]
-        if num_features is not None:
-            axes.append(("feature", int(num_features), "hidden channels"))
-        for axis, size, what in axes:
-            if getattr(self, f"mask_{axis}_prob") == 0:  # the model skips this axis entirely
-                continue
-            length, min_masks = getattr(self, f"mask_{axis}_length"), getattr(self, f"mask_{axis}_min_masks")
-            limit = max(1, size // 2)
-            if length > limit:
-                problems.append(f"mask_{axis}_length={length} > {limit} (half of {size} {what})")
-                length = changes[f"mask_{axis}_length"] = limit
-            if min_masks * length > limit:
-                problems.append(f"mask_{axis}_min_masks={min_masks} x length {length} > {limit} (half of {size} {what})")
-                changes[f"mask_{axis}_min_masks"] = limit // length
-        if not problems:
-            return self
-        if strict:
-            raise ValueError(
-                "SpecAugment settings do not fit the data: " + "; ".join(problems)
-                + ". Lower them, or drop the shortest clips (a minimum duration in data preparation)."
-            )
-        logger.warning("SpecAugment clamped to fit the data (%s): %s", "; ".join(problems),
-                       ", ".join(f"{k}={v}" for k, v in changes.items()))
-        return dataclasses.replace(self, **changes)
-
-    def validate_for(self, model_config, min_samples: int, *, strict: bool = False) -> SpecAugmentConfig:
-        """`validate` for a Wav2Vec2Config and the shortest clip's length in samples."""
-        return self.validate(feature_frames(min_samples, model_config), num_features=model_config.hidden_size,
-                             strict=strict)
-
-
-def feature_frames(num_samples: int, model_config) -> int:
-    """Encoder frames for a clip of `num_samples` (conv output-length formula; as
-    `Wav2Vec2Model._get_feat_extract_output_lengths`, without an adapter)."""
-    n = int(num_samples)
-    for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride, strict=True):
-        n = (n - kernel) // stride + 1
-        if n <= 0:
-            return 0
-    return n
-
-
-def min_samples_for_frames(frames: int, model_config) -> int:
-    """The shortest input (samples) that gives `frames` encoder frames."""
-    n = int(frames)
-    for kernel, stride in reversed(list(zip(model_config.conv_kernel, model_config.conv_stride, strict=True))):
-        n = (n - 1) * stride + kernel
-    return n
-
-
-# -- the preview -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PreviewResult:
-    """What `preview` wrote."""
-
-    wavs: tuple[Path, ...]  # DIR/<stem>_aug<i>.wav, 16 kHz PCM
-    pngs: tuple[Path, ...]  # DIR/<stem>_aug<i>.png, before/after pictures
-    specaugment_png: Path | None  # DIR/<stem>_specaugment.png
-    durations: tuple[float, ...]  # seconds of each augmented clip (speed perturbation changes them)
-    source_seconds: float  # the clip's own duration
-
-
-def _write_wav(path: Path, x: np.ndarray) -> None:
-    import io
-
-    import soundfile as sf
-
-    from lrl.core.io import atomic_write_bytes
-
-    peak = float(np.abs(x).max(initial=0.0))
-    if peak > 1.0:  # PCM would clip: scale for listening (the training copy is not scaled)
-        logger.info("%s: peak %.2f > 1, scaled down for the WAV", path.name, peak)
-        x = x / peak * 0.99
-    buf = io.BytesIO()
-    sf.write(buf, x, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def preview(
-    audio: str | Path, out_dir: str | Path, config: WaveAugmentConfig, n: int = 4, seed: int = 0,
-    specaugment: SpecAugmentConfig | None = None, model_config=None,
-) -> PreviewResult:
-    """Write `n` augmented versions of one clip (WAV + before/after PNG each) and, when `specaugment` is
-    given, a picture of its masks over the frames of `model_config` (default: the wav2vec 2.0 layout)."""
-    from lrl.core import plots
-
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    audio, out_dir = Path(audio), Path(out_dir)
-    from lrl.core.audio import load_audio
-
-    x = load_audio(audio, SAMPLE_RATE)
-    if len(x) == 0:
-        raise ValueError(f"{audio}: the clip is empty; pick a clip with speech")
-    augmenter = WaveAugmenter(config, seed=seed)
-    wavs, pngs, durations = [], [], []
-    for i in range(1, n + 1):
-        y = augmenter(x, SAMPLE_RATE)
-        wav, png = out_dir / f"{audio.stem}_aug{i}.wav", out_dir / f"{audio.stem}_aug{i}.png"
-        _write_wav(wav, y)
-        title = (f"{audio.name}: '{config.name}' augmentation, draw {i} of {n} (seed {seed})\n"
-                 f"applied: {', '.join(augmenter.last_applied) or 'nothing (each transform has its probability p)'}")
-        plots.plot_before_after(x, y, SAMPLE_RATE, png, title)
-        wavs.append(wav), pngs.append(png), durations.append(len(y) / SAMPLE_RATE)
-    spec_png = None
-    if specaugment is not None:
-        spec_png = _preview_specaugment(x, out_dir / f"{audio.stem}_specaugment.png", specaugment, model_config, seed, audio.name)
-    return PreviewResult(tuple(wavs), tuple(pngs), spec_png, tuple(durations), len(x) / SAMPLE_RATE)
-
-
-def _preview_specaugment(x: np.ndarray, path: Path, spec: SpecAugmentConfig, model_config, seed: int, label: str,
-                         draws: int = 3) -> Path:
-    from transformers import Wav2Vec2Config
-    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
-
-    from lrl.core import plots
-
-    model_config = model_config or Wav2Vec2Config()
-    frames = feature_frames(len(x), model_config)
-    fitted = spec.validate(frames, num_features=model_config.hidden_size)
-    hidden = model_config.hidden_size
-    time_masks = np.zeros((draws, frames), dtype=bool)
-    feature_masks = np.zeros((draws, hidden), dtype=bool)
-    with seeded_global_rngs(np.random.default_rng(seed)):
-        for d in range(draws):
-            if fitted.mask_time_prob > 0:
-                time_masks[d] = _compute_mask_indices((1, frames), fitted.mask_time_prob, fitted.mask_time_length,
-                                                      min_masks=fitted.mask_time_min_masks)[0]
-            if fitted.mask_feature_prob > 0:
-                feature_masks[d] = _compute_mask_indices((1, hidden), fitted.mask_feature_prob, fitted.mask_feature_length,
-                                                         min_masks=fitted.mask_feature_min_masks)[0]
-    frame_seconds = float(np.prod(model_config.conv_stride)) / SAMPLE_RATE
-    k = fitted.to_model_kwargs()
-    title = (f"{label}: SpecAugment '{spec.name}' over {frames} frames x {hidden} channels\ntime p={k['mask_time_prob']} "
-             f"len={k['mask_time_length']} min={k['mask_time_min_masks']}; feature p={k['mask_feature_prob']} "
-             f"len={k['mask_feature_length']}" + (" (clamped to fit this clip)" if fitted != spec else ""))
-    return plots.plot_specaugment(x, SAMPLE_RATE, time_masks, feature_masks, frame_seconds, path, title)

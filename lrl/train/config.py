@@ -56,7 +56,7 @@ class ModelConfig:
     init_head_from: str = ""  # a fine-tuned CTC model dir whose head rows for shared characters are copied
     adapter_lang: str = ""  # MMS adapter mode: train only attention adapters + head, save adapter.<lang>.safetensors
     adapter_attn_dim: int = 16  # adapter bottleneck width in adapter mode
-    spec_augment: str = AUTO  # SpecAugment preset of lrl.augment.wave (auto = the recipe's; "checkpoint" = as saved)
+    spec_augment: str = AUTO  # SpecAugment preset of lrl.augment.specaugment (auto = the recipe's; "checkpoint" = as saved)
     layerdrop: float = 0.0  # probability of skipping a Transformer layer per step
     hidden_dropout: float = 0.0  # dropout in the Transformer
     final_dropout: float = 0.0  # dropout before the CTC head

@@ -72,7 +72,7 @@ def choose_recipe(model_config, train_hours: float, adapter: bool) -> tuple[str,
 def resolve_recipe(cfg, model_config, train_hours: float, planned_updates: int | None):
     """`cfg` (a TrainConfig) with every "auto" key filled from its recipe, and a note for the resolved
     config: {"recipe": name, "why": ..., "set": {key: value}, "explicit": [keys the user set]}."""
-    from lrl.augment.wave import SpecAugmentConfig
+    from lrl.augment.specaugment import SpecAugmentConfig
 
     name, reason = (cfg.recipe, "chosen by name") if cfg.recipe != AUTO else choose_recipe(
         model_config, train_hours, bool(cfg.model.adapter_lang))

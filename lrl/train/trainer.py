@@ -328,7 +328,7 @@ def _spec_augment_kwargs(cfg: TrainConfig, train_hours: float, min_samples: int)
     """Wav2Vec2Config masking fields of the chosen SpecAugment preset, clamped to the shortest clip."""
     if cfg.model.spec_augment == "checkpoint":
         return {}
-    from lrl.augment.wave import SpecAugmentConfig
+    from lrl.augment.specaugment import SpecAugmentConfig
     from lrl.models.checkpoints import read_checkpoint_config
 
     if cfg.model.spec_augment == "auto":
