@@ -1,7 +1,7 @@
 """Audio decoding: any clip (mp3/wav/flac/ogg with soundfile, anything else through ffmpeg) to a mono
 float32 array at the model's sampling rate, resampled with soxr. Failures raise AudioError with a
 short machine-readable `reason` (missing, empty_file, truncated, not_audio) that data preparation
-counts and lists in skipped.tsv.
+counts and lists in skipped.tsv. Also the model's audio front-end settings (`default_feature_extractor`).
 """
 
 from __future__ import annotations
@@ -93,3 +93,14 @@ def _read_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
     except subprocess.TimeoutExpired as e:
         raise AudioError("not_audio", f"{path}: ffmpeg did not finish in {FFMPEG_TIMEOUT:.0f} s") from e
     return np.frombuffer(out.stdout, dtype="<f4").copy()
+
+
+def default_feature_extractor(sampling_rate: int = SAMPLE_RATE):
+    """The `Wav2Vec2FeatureExtractor` lrl uses when a checkpoint brings none: mono input at
+    `sampling_rate` Hz, each clip normalised to zero mean and unit variance (as XLS-R and MMS were
+    trained), zero padding and an attention mask (layer-norm models must not attend to padding)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=sampling_rate, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from lrl.core.constants import SAMPLE_RATE, TEXT_COLUMNS
 from lrl.core.io import LrlError, atomic_write_text, read_table, read_text_lines
@@ -168,12 +168,11 @@ class Vocab:
 
     def to_processor(self, sampling_rate: int = SAMPLE_RATE):
         """A `Wav2Vec2Processor` (feature extractor + tokenizer) for this vocabulary."""
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+        from transformers import Wav2Vec2Processor
 
-        fe = Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=sampling_rate, padding_value=0.0, do_normalize=True, return_attention_mask=True
-        )
-        return Wav2Vec2Processor(feature_extractor=fe, tokenizer=self.to_tokenizer())
+        from lrl.core.audio import default_feature_extractor
+
+        return Wav2Vec2Processor(feature_extractor=default_feature_extractor(sampling_rate), tokenizer=self.to_tokenizer())
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -187,8 +186,8 @@ class VocabBuildConfig:
     def __post_init__(self) -> None:
         if self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
-        if self.rare not in ("keep", "exclude"):
-            raise ValueError(f"rare must be 'keep' or 'exclude', got {self.rare!r}")
+        if self.rare not in get_args(RarePolicy):
+            raise ValueError(f"rare must be one of {list(get_args(RarePolicy))}, got {self.rare!r}")
 
 
 @dataclass

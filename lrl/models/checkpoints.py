@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from lrl.core.constants import SAMPLE_RATE
 from lrl.core.io import LrlError
 
 logger = logging.getLogger(__name__)
@@ -74,15 +73,15 @@ def init_tiny(out: str | Path, size: TinySize = "test", seed: int = 0, **overrid
     """Write a randomly initialised `Wav2Vec2ForPreTraining` checkpoint (safetensors + config +
     feature-extractor config) to `out`, the way XLS-R and MMS pretraining checkpoints ship."""
     import torch
-    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
+    from transformers import Wav2Vec2ForPreTraining
+
+    from lrl.core.audio import default_feature_extractor
 
     torch.manual_seed(seed)
     model = Wav2Vec2ForPreTraining(tiny_config(size, **overrides))
     out = Path(out)
     model.save_pretrained(out)
-    Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
-    ).save_pretrained(out)
+    default_feature_extractor().save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     logger.info("wrote a %s Wav2Vec2ForPreTraining (%.2fM parameters) to %s", size, n / 1e6, out)
     return out
@@ -92,18 +91,20 @@ def init_tiny(out: str | Path, size: TinySize = "test", seed: int = 0, **overrid
 # Keys a pretraining checkpoint holds that a CTC model drops, and the head it lacks: expected, not warned.
 _EXPECTED_UNEXPECTED = ("quantizer.", "project_q.", "project_hid.", "wav2vec2.quantizer.", "lm_head.")
 _EXPECTED_MISSING = ("lm_head.",)
-_SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # weight files (one, or a shard index)
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # pickle: loading can run code
 
 
-def _check_local_weights(path: Path, allow_pickle: bool) -> None:
+def check_local_weights(path: Path, allow_pickle: bool) -> None:
+    """Refuse a local checkpoint directory without config.json or weights, or with only pickle weights
+    unless `allow_pickle` (a pickle can run code when loaded). Raises LrlError saying what to do."""
     if not (path / "config.json").is_file():
         raise LrlError(f"{path} has no config.json: expected a Hugging Face Wav2Vec2 checkpoint directory")
-    if any((path / f).is_file() for f in _SAFE_WEIGHTS):
+    if any((path / f).is_file() for f in SAFE_WEIGHTS):
         return
-    pickled = [f for f in _PICKLE_WEIGHTS if (path / f).is_file()]
+    pickled = [f for f in PICKLE_WEIGHTS if (path / f).is_file()]
     if not pickled:
-        raise LrlError(f"{path} holds no weights (expected {_SAFE_WEIGHTS[0]})")
+        raise LrlError(f"{path} holds no weights (expected {SAFE_WEIGHTS[0]})")
     if not allow_pickle:
         raise LrlError(
             f"{path} holds only pickle weights ({pickled[0]}), which can run code when loaded. Convert them to "
@@ -170,7 +171,7 @@ def load_for_ctc(
     checkpoint = resolve_checkpoint(checkpoint)
     local = Path(checkpoint)
     if local.exists():
-        _check_local_weights(local, allow_pickle)
+        check_local_weights(local, allow_pickle)
     read_checkpoint_config(checkpoint)
     kw = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
     if adapter_attn_dim:
@@ -208,7 +209,7 @@ def _read_head(source: Path, allow_pickle: bool):
     """lm_head weight and bias of a CTC checkpoint directory, read without building the model."""
     import torch
 
-    _check_local_weights(source, allow_pickle)
+    check_local_weights(source, allow_pickle)
     index = source / "model.safetensors.index.json"
     if (source / "model.safetensors").is_file() or index.is_file():
         from safetensors import safe_open

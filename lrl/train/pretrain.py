@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -284,7 +285,8 @@ def collect_crops(sources: Sequence[str | Path], config: PretrainConfig) -> tupl
 # ---------------------------------------------------------------------------------------------------
 # model, batches
 # ---------------------------------------------------------------------------------------------------
-_FRESH = {"tiny-test": "test", "tiny-small": "small"}
+FreshSize = Literal["tiny-test", "tiny-small"]  # `lrl pretrain --fresh`: a random tiny model of that size
+_FRESH = {"tiny-test": "test", "tiny-small": "small"}  # FreshSize -> lrl.models.checkpoints.TinySize
 
 
 def _load_model(model: str | Path | None, fresh: str | None, config: PretrainConfig, allow_pickle: bool = False):
@@ -293,31 +295,25 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining
 
+    from lrl.core.audio import default_feature_extractor
     from lrl.models.checkpoints import tiny_config
 
     if (model is None) == (fresh is None):
         raise ValueError("give exactly one of --model CKPT (a hub id or directory) or --fresh tiny-test|tiny-small")
     if fresh is not None:
-        if fresh not in _FRESH:
-            raise ValueError(f"--fresh must be one of {sorted(_FRESH)}, got {fresh!r}")
+        if fresh not in get_args(FreshSize):
+            raise ValueError(f"--fresh must be one of {list(get_args(FreshSize))}, got {fresh!r}")
         torch.manual_seed(config.seed)
         net = Wav2Vec2ForPreTraining(tiny_config(_FRESH[fresh]))
-        fe = Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
-        )
+        fe = default_feature_extractor()
         logger.info("fresh %s model, %.2fM parameters", fresh, sum(p.numel() for p in net.parameters()) / 1e6)
         return net, fe
-    from lrl.models.checkpoints import resolve_checkpoint
+    from lrl.models.checkpoints import check_local_weights, resolve_checkpoint
 
     model = resolve_checkpoint(model)
     local = Path(model)
-    if local.is_dir() and not allow_pickle and not list(local.glob("model*.safetensors*")) and (
-        list(local.glob("pytorch_model*.bin*"))
-    ):
-        raise LrlError(
-            f"{local} holds only pickle weights (pytorch_model.bin), which can run code when loaded: convert them "
-            "to safetensors, or pass --allow-pickle if you trust where the checkpoint came from"
-        )
+    if local.is_dir():
+        check_local_weights(local, allow_pickle)
     try:
         cfg = Wav2Vec2Config.from_pretrained(str(model))
         if cfg.mask_time_prob <= 0:  # no masked_spec_embed would be built, and pretraining needs it
@@ -349,9 +345,7 @@ def _load_model(model: str | Path | None, fresh: str | None, config: PretrainCon
         fe = Wav2Vec2FeatureExtractor.from_pretrained(str(model))
     except OSError:
         logger.info("%s has no preprocessor_config.json: using 16 kHz, normalised, with attention masks", model)
-        fe = Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
-        )
+        fe = default_feature_extractor()
     if fe.sampling_rate != SAMPLE_RATE:
         raise LrlError(f"{model}: feature extractor expects {fe.sampling_rate} Hz; lrl feeds {SAMPLE_RATE} Hz audio")
     return net, fe
