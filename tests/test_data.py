@@ -349,7 +349,8 @@ def test_handwritten_features_match_installed_datasets(yo_cv, tmp_path):
     import datasets
     import pyarrow as pa
 
-    from lrl.data.prepare import _arrow_schema, _features
+    from lrl.core.hf_datasets import arrow_schema
+    from lrl.data.prepare import _features
 
     feats = _features(["locale"])
     expected = datasets.Features({
@@ -358,7 +359,7 @@ def test_handwritten_features_match_installed_datasets(yo_cv, tmp_path):
         "duration": datasets.Value("float64"), "speaker": datasets.Value("string"), "locale": datasets.Value("string"),
     })
     assert datasets.Features.from_dict(feats) == expected
-    assert _arrow_schema(feats).equals(expected.arrow_schema, check_metadata=True)
+    assert arrow_schema(feats).equals(expected.arrow_schema, check_metadata=True)
     src = copy_cv(yo_cv, tmp_path / "cv", n_train=2)
     prepare(src, tmp_path / "ds", PrepareConfig())
     dd, _ = load_prepared(tmp_path / "ds")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lrl.core import hf_datasets
 from lrl.core.audio import AudioError, load_audio
 from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE, TEXT_COLUMNS
 from lrl.core.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
@@ -277,16 +278,6 @@ def _features(meta_cols: list[str]) -> dict:
     return cols
 
 
-def _arrow_schema(features: dict):
-    """The Arrow schema `datasets.Features(features).arrow_schema` gives (types + the huggingface metadata)."""
-    import pyarrow as pa
-
-    types = {"string": pa.string(), "float64": pa.float64(), "float32": pa.float32()}
-    fields = [pa.field(n, pa.list_(types[f["feature"]["dtype"]]) if f["_type"] == "List" else types[f["dtype"]])
-              for n, f in features.items()]
-    return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
-
-
 def _batch_table(batch: list[tuple[_Row, object]], schema, meta_cols: list[str]):
     import numpy as np
     import pyarrow as pa
@@ -519,7 +510,7 @@ def _write_dataset(tmp: Path, candidates, rows_out, vocab, vocab_dir, config: Pr
     """Decode, filter and write every candidate into `tmp` (DatasetDict layout + vocab/); returns kept rows."""
     meta_cols = list(dict.fromkeys(c for r in rows_out for c in r.meta if not c.startswith("_")))
     features = _features(meta_cols)
-    chunks = _chunks(candidates, tmp, _arrow_schema(features), meta_cols, config)
+    chunks = _chunks(candidates, tmp, hf_datasets.arrow_schema(features), meta_cols, config)
     for split in {c.path.parent for c in chunks}:
         split.mkdir()
     pool = _start_pool(config.num_proc, len(chunks))
@@ -537,7 +528,7 @@ def _write_dataset(tmp: Path, candidates, rows_out, vocab, vocab_dir, config: Pr
             pool.shutdown(wait=True, cancel_futures=True)
         if saver is not None:
             saver.join()
-    written = _finish_splits(tmp, [c.path for c in chunks], config.splits, features, fp)
+    written = hf_datasets.write_saved_dataset(tmp, [c.path for c in chunks], config.splits, features, fp)
     for s in config.splits:
         if s not in written and any(r.split == s for r in rows_out):
             logger.warning("split %s: no row kept, so the dataset has no %s split (see %s)", s, s, SKIPPED_FILE)
@@ -591,30 +582,6 @@ def _save_vocab(vocab, dst: Path, src: Path | None) -> None:
         shutil.copytree(src, dst)
     else:
         vocab.save(dst)
-
-
-def _finish_splits(directory: Path, shards: list[Path], splits: tuple[str, ...], features: dict, fp: str) -> list[str]:
-    """Rename the shards to the `Dataset.save_to_disk` layout (data-0000i-of-0000n.arrow) and write the JSON
-    files it writes beside them, so `datasets.load_from_disk` reads the directory; returns the splits written."""
-    info = {"citation": "", "description": "", "features": features, "homepage": "", "license": ""}
-    written = []
-    for split in splits:
-        parts = [p for p in shards if p.parent.name == split and p.is_file()]
-        if not parts:
-            shutil.rmtree(directory / split, ignore_errors=True)
-            continue
-        files = []
-        for i, p in enumerate(parts):
-            name = f"data-{i:05d}-of-{len(parts):05d}.arrow"
-            p.rename(p.parent / name)
-            files.append({"filename": name})
-        state = {"_data_files": files, "_fingerprint": f"{fp[:14]}{len(written):02d}", "_format_columns": None,
-                 "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": split}
-        atomic_write_text(directory / split / "state.json", json.dumps(state, indent=2, sort_keys=True))
-        atomic_write_text(directory / split / "dataset_info.json", json.dumps(dict(sorted(info.items())), indent=2))
-        written.append(split)
-    atomic_write_text(directory / "dataset_dict.json", json.dumps({"splits": written}))
-    return written
 
 
 # -- output files -------------------------------------------------------------------------------------

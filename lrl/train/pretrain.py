@@ -24,6 +24,7 @@ from lrl.core.constants import (
     AUDIO_SUFFIXES,  # the same audio files `lrl data prepare` picks up in a folder
     SAMPLE_RATE,
 )
+from lrl.core.hf_datasets import is_saved_dataset
 from lrl.core.io import LrlError, atomic_write_text, iter_files
 
 logger = logging.getLogger(__name__)
@@ -184,10 +185,6 @@ class InputStats:
     unreadable_examples: list[str] = field(default_factory=list)  # the first few unreadable files, with why
 
 
-def _is_prepared_dataset(path: Path) -> bool:
-    return path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
-
-
 def _dataset_audio(path: Path, splits: tuple[str, ...]) -> list[np.ndarray]:
     """The `audio` column (float32, 16 kHz: the prepared-dataset contract) of the chosen splits."""
     from datasets import Dataset, DatasetDict, load_from_disk
@@ -240,7 +237,7 @@ def collect_crops(sources: Sequence[str | Path], config: PretrainConfig) -> tupl
 
     for src in sources:
         src = Path(src)
-        if _is_prepared_dataset(src):
+        if is_saved_dataset(src):
             for wav in _dataset_audio(src, config.splits):
                 stats.dataset_rows += 1
                 add(wav)
