@@ -496,7 +496,7 @@ def lm_tune(
     install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = True,
 ) -> None:
     """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
-    from lrl.evaluate.scoring import TuneConfig, tune
+    from lrl.evaluate.tuning import TuneConfig, tune
 
     cfg = TuneConfig(
         alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, grid_beam=grid_beam,
@@ -591,11 +591,11 @@ def evaluate(
     stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = 2.0,
 ) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM; rows not scored are counted with their reason."""
-    from lrl.evaluate.scoring import EvalConfig
+    from lrl.evaluate.scoring import EvaluateConfig
     from lrl.evaluate.scoring import evaluate as run_evaluate
 
-    cfg = EvalConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
-                     chunk_seconds=chunk_seconds, stride_seconds=stride_seconds)
+    cfg = EvaluateConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
+                         chunk_seconds=chunk_seconds, stride_seconds=stride_seconds)
     r = run_evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
     typer.echo(r.counts() + ("; log-probs from the cache" if r.cached else ""))
     if r.decoder:
@@ -618,8 +618,8 @@ def transcribe(
     """Transcribe audio files or folders."""
     import json
 
-    from lrl.evaluate.scoring import TranscribeConfig
-    from lrl.evaluate.scoring import transcribe as run_transcribe
+    from lrl.evaluate.transcribe import TranscribeConfig
+    from lrl.evaluate.transcribe import transcribe as run_transcribe
 
     cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm)
     for t in run_transcribe(model, audio, cfg, lm=lm):

@@ -69,6 +69,7 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
     from lrl.data import synth
     from lrl.decode import lm
     from lrl.evaluate import scoring as evaluate
+    from lrl.evaluate import tuning
     from lrl.train import pretrain
     from lrl.train import trainer as train
 
@@ -165,14 +166,14 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
 
     with stage("tune"):
         # a coarse grid: the demo's budget is minutes; `lrl lm tune` defaults search wider and refine
-        grid = evaluate.TuneConfig(alphas=(0.0, 0.5, 1.0, 1.5, 2.0), betas=(-1.0, 0.0, 1.0, 2.0), refine=False,
-                                   grid_beam=16, beam_widths=(16, 32))
-        tuned, _ = evaluate.tune(model_dir, data_dir, lm=lm_dir, split="dev", config=grid)
+        grid = tuning.TuneConfig(alphas=(0.0, 0.5, 1.0, 1.5, 2.0), betas=(-1.0, 0.0, 1.0, 2.0), refine=False,
+                                 grid_beam=16, beam_widths=(16, 32))
+        tuned, _ = tuning.tune(model_dir, data_dir, lm=lm_dir, split="dev", config=grid)
         res.decoder = {"alpha": tuned.best.alpha, "beta": tuned.best.beta, "beam_width": tuned.best.beam_width}
         res.artefacts["alpha/beta heatmap"] = str(model_dir / "tune-dev")
 
     with stage("evaluate"):
-        ev = evaluate.evaluate(model_dir, data_dir, evaluate.EvalConfig(split="test"))
+        ev = evaluate.evaluate(model_dir, data_dir, evaluate.EvaluateConfig(split="test"))
         res.eval_table = ev.table()
         res.n_test = ev.n
         res.greedy = {"wer": ev.greedy.wer, "cer": ev.greedy.cer}

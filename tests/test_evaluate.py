@@ -1,5 +1,5 @@
-"""lrl.evaluate.scoring: the log-prob cache, WER/CER evaluation, alpha/beta tuning (on a dev set built so that
-pyctcdecode's defaults are wrong), heatmap, and transcription with chunking, on a tiny random Wav2Vec2."""
+"""lrl.evaluate: inference and the log-prob cache, WER/CER evaluation, alpha/beta tuning (on a dev set built so
+that pyctcdecode's defaults are wrong), heatmap, and transcription with chunking, on a tiny random Wav2Vec2."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ from ctc_helpers import make_logp
 
 from lrl.data.vocab import build_vocab
 from lrl.decode.decoder import CTCDecoder, DecoderConfig
-from lrl.evaluate.scoring import (
-    EvalConfig,
-    TranscribeConfig,
-    TuneConfig,
-    chunked_log_probs,
-    evaluate,
-    plot_heatmap,
-    score,
-    split_log_probs,
-    tune,
-    tune_grid,
-)
+from lrl.evaluate.inference import chunked_log_probs, split_log_probs
+from lrl.evaluate.scoring import EvaluateConfig, evaluate, score
+from lrl.evaluate.transcribe import TranscribeConfig
+from lrl.evaluate.tuning import TuneConfig, plot_heatmap, tune, tune_grid
 
 TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"
 SENTENCES = ["the cat sat", "the bat sat", "sat the cat"]
@@ -58,9 +50,8 @@ def tiny_model(tmp_path, cat_vocab):
     return save_tiny_model(tmp_path / "model", cat_vocab)
 
 
-@pytest.fixture
-def tiny_data(tmp_path, cat_vocab, rng):
-    """A prepared dataset following the data contract: dev and test, 3 noise clips each."""
+def noise_split(split: str, rng):
+    """One split following the data contract: 3 noise clips (1, 1.25, 1.5 s) transcribed as SENTENCES."""
     import datasets
 
     feats = datasets.Features({
@@ -68,20 +59,25 @@ def tiny_data(tmp_path, cat_vocab, rng):
         "text": datasets.Value("string"), "sentence": datasets.Value("string"),
         "duration": datasets.Value("float32"), "speaker": datasets.Value("string"),
     })
-    splits = {}
-    for split in ("dev", "test"):
-        rows = {k: [] for k in feats}
-        for i, s in enumerate(SENTENCES):
-            n = int(16000 * (1.0 + 0.25 * i))
-            rows["id"].append(f"{split}-{i}")
-            rows["audio"].append((0.1 * rng.standard_normal(n)).astype(np.float32).tolist())
-            rows["text"].append(s)
-            rows["sentence"].append(s.capitalize() + ".")
-            rows["duration"].append(n / 16000)
-            rows["speaker"].append("spk")
-        splits[split] = datasets.Dataset.from_dict(rows, features=feats)
+    rows = {k: [] for k in feats}
+    for i, s in enumerate(SENTENCES):
+        n = int(16000 * (1.0 + 0.25 * i))
+        rows["id"].append(f"{split}-{i}")
+        rows["audio"].append((0.1 * rng.standard_normal(n)).astype(np.float32).tolist())
+        rows["text"].append(s)
+        rows["sentence"].append(s.capitalize() + ".")
+        rows["duration"].append(n / 16000)
+        rows["speaker"].append("spk")
+    return datasets.Dataset.from_dict(rows, features=feats)
+
+
+@pytest.fixture
+def tiny_data(tmp_path, cat_vocab, rng):
+    """A prepared dataset following the data contract: dev and test, 3 noise clips each."""
+    import datasets
+
     out = tmp_path / "data"
-    datasets.DatasetDict(splits).save_to_disk(str(out))
+    datasets.DatasetDict({split: noise_split(split, rng) for split in ("dev", "test")}).save_to_disk(str(out))
     cat_vocab.save(out / "vocab")
     return out
 
@@ -90,18 +86,18 @@ def tiny_data(tmp_path, cat_vocab, rng):
 @pytest.mark.parametrize(
     "cls, kwargs, match",
     [
-        (EvalConfig, dict(split=""), "split must be"),
-        (EvalConfig, dict(batch_seconds=0), "batch_seconds must be > 0"),
-        (EvalConfig, dict(max_utterances=0), "max_utterances must be >= 1"),
-        (EvalConfig, dict(threads=-1), "threads must be >= 0"),
-        (EvalConfig, dict(lm_workers=-1), "lm_workers must be >= 0"),
+        (EvaluateConfig, dict(split=""), "split must be"),
+        (EvaluateConfig, dict(batch_seconds=0), "batch_seconds must be > 0"),
+        (EvaluateConfig, dict(max_utterances=0), "max_utterances must be >= 1"),
+        (EvaluateConfig, dict(threads=-1), "threads must be >= 0"),
+        (EvaluateConfig, dict(lm_workers=-1), "lm_workers must be >= 0"),
         (TuneConfig, dict(alphas=()), "alphas and betas must be non-empty"),
         (TuneConfig, dict(alphas=(-1.0, 1.0)), "alphas must be >= 0"),
         (TuneConfig, dict(beam_widths=(0,)), "beam_widths must be >= 1"),
         (TuneConfig, dict(beam_tolerance=-0.1), "beam_tolerance must be >= 0"),
         (TuneConfig, dict(workers=-2), "workers must be >= 0"),
         (TranscribeConfig, dict(chunk_seconds=0), "chunk_seconds must be > 0"),
-        (EvalConfig, dict(chunk_seconds=4, stride_seconds=2), r"stride_seconds must be in \[0, chunk_seconds/2"),
+        (EvaluateConfig, dict(chunk_seconds=4, stride_seconds=2), r"stride_seconds must be in \[0, chunk_seconds/2"),
         (TranscribeConfig, dict(chunk_seconds=10, stride_seconds=5), r"stride_seconds must be in \[0, chunk_seconds/2"),
     ],
 )
@@ -149,7 +145,7 @@ def test_tune_needs_an_lm(cat_vocab):
 
 # -- evaluate on a tiny model ------------------------------------------------------------------------
 def test_log_prob_cache_is_keyed_by_model_and_data(tiny_model, tiny_data, cat_vocab, tmp_path):
-    cfg = EvalConfig(split="dev")
+    cfg = EvaluateConfig(split="dev")
     first = split_log_probs(tiny_model, tiny_data, cfg)
     again = split_log_probs(tiny_model, tiny_data, cfg)
     assert not first.cached and again.cached and again.key == first.key
@@ -159,11 +155,55 @@ def test_log_prob_cache_is_keyed_by_model_and_data(tiny_model, tiny_data, cat_vo
     assert len(list((tiny_data / ".lrl-cache" / "logits").glob("*.npz"))) == 1
     other = save_tiny_model(tmp_path / "model2", cat_vocab, seed=1)
     assert not split_log_probs(other, tiny_data, cfg).cached  # other weights: recomputed
-    assert not split_log_probs(tiny_model, tiny_data, EvalConfig(split="test")).cached  # other split
+    assert not split_log_probs(tiny_model, tiny_data, EvaluateConfig(split="test")).cached  # other split
+
+
+def test_log_prob_cache_key_follows_the_split_files_and_rows(tiny_model, tiny_data, rng, monkeypatch):
+    """The key reads public facts of the split (its files' names, sizes and mtimes, and its row count), not
+    `datasets`' private fingerprint: fewer rows, the split prepared again (same rows and lengths, new audio)
+    and a split loaded into memory (no Arrow files) each get their own key."""
+    import datasets
+
+    cfg = EvaluateConfig(split="dev")
+    first = split_log_probs(tiny_model, tiny_data, cfg)
+    fewer = split_log_probs(tiny_model, tiny_data, EvaluateConfig(split="dev", max_utterances=2))
+    assert not fewer.cached and fewer.key != first.key and len(fewer.ids) == 2 and fewer.split_rows == 3
+    assert split_log_probs(tiny_model, tiny_data, EvaluateConfig(split="dev", max_utterances=2)).cached
+    assert split_log_probs(tiny_model, tiny_data, cfg).cached
+    noise_split("dev", rng).save_to_disk(str(tiny_data / "dev"))  # prepared again: only the audio differs
+    again = split_log_probs(tiny_model, tiny_data, cfg)
+    assert not again.cached and again.key != first.key
+    assert not any(np.array_equal(a, b) for a, b in zip(first.logps, again.logps, strict=True))
+    monkeypatch.setattr(datasets.config, "IN_MEMORY_MAX_SIZE", 1 << 30)  # load_from_disk keeps the split in memory
+    assert datasets.load_from_disk(str(tiny_data))["dev"].cache_files == []
+    in_memory = split_log_probs(tiny_model, tiny_data, cfg)
+    assert split_log_probs(tiny_model, tiny_data, cfg).cached
+    noise_split("dev", rng).save_to_disk(str(tiny_data / "dev"))
+    assert not split_log_probs(tiny_model, tiny_data, cfg).key == in_memory.key
+
+
+def test_log_probs_batched_by_seconds_keep_input_order(tiny_model, rng, one_thread, caplog):
+    """Clips go through the model in batches of up to `batch_seconds` of padded audio (core.batching's
+    packing); the outputs come back in input order and equal each clip run alone. A clip over the cap runs
+    alone, without pack_batches' warning about training clips."""
+    import logging
+
+    from lrl.evaluate.inference import AcousticModel
+
+    am = AcousticModel(tiny_model)
+    seconds = (1.5, 0.5, 1.0, 0.5, 2.5, 4.0)  # at batch_seconds=3: [0.5, 0.5, 1.0], [1.5], [2.5], [4.0]
+    waves = [(0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32) for s in seconds]
+    with caplog.at_level(logging.WARNING):
+        batched = am.log_probs(waves, batch_seconds=3.0)
+    assert not caplog.records
+    alone = [am.log_probs([w])[0] for w in waves]
+    assert [len(b) for b in batched] == [len(a) for a in alone]
+    assert all(abs(len(b) - len(w) / am.ratio) <= 1 for b, w in zip(batched, waves, strict=True))  # input order
+    assert all(np.allclose(b, a, atol=1e-4) for b, a in zip(batched, alone, strict=True))
 
 
 def test_evaluate_greedy_and_lm_side_by_side(tiny_model, tiny_data, cli):
-    res = evaluate(tiny_model, tiny_data, EvalConfig(split="test"), lm=TINY_ARPA)
+    res = evaluate(tiny_model, tiny_data, EvaluateConfig(split="test"), lm=TINY_ARPA)
     assert res.n == 3 and res.lm is not None and not res.cached
     lines = (res.out_dir / "utterances.tsv").read_text(encoding="utf-8").splitlines()
     assert lines[0].split("\t") == ["id", "duration", "ref", "greedy", "greedy_errors", "lm", "lm_errors"]
@@ -183,7 +223,7 @@ def test_evaluate_scores_long_and_oov_rows_and_counts_the_rest(yo_cv, tmp_path, 
     reported as not scored, with their reasons."""
     import jiwer
 
-    import lrl.evaluate.scoring
+    import lrl.evaluate.inference
     from lrl.data.prepare import load_prepared, prepare
     from lrl.data.vocab import Vocab
 
@@ -192,14 +232,14 @@ def test_evaluate_scores_long_and_oov_rows_and_counts_the_rest(yo_cv, tmp_path, 
     dd, _ = load_prepared(tmp_path / "ds")
     model = save_tiny_model(tmp_path / "model", Vocab.load(tmp_path / "ds" / "vocab"))
     calls = []
-    real_chunked = lrl.evaluate.scoring.chunked_log_probs
+    real_chunked = lrl.evaluate.inference.chunked_log_probs
 
     def spy(am, wave, config):
         calls.append(len(wave))
         return real_chunked(am, wave, config)
 
-    monkeypatch.setattr(lrl.evaluate.scoring, "chunked_log_probs", spy)
-    res = evaluate(model, tmp_path / "ds", EvalConfig(split="test", cache=False), use_lm=False)
+    monkeypatch.setattr(lrl.evaluate.inference, "chunked_log_probs", spy)
+    res = evaluate(model, tmp_path / "ds", EvaluateConfig(split="test", cache=False), use_lm=False)
     test = {r["id"]: r for r in dd["test"]}
     long = test[planted["long"]["test"]]
     assert calls == [len(long["audio"])] and res.chunked == 1  # only the clip longer than a chunk
@@ -214,10 +254,10 @@ def test_evaluate_scores_long_and_oov_rows_and_counts_the_rest(yo_cv, tmp_path, 
     refs, hyps = [r[2] for r in rows.values()], [r[3] for r in rows.values()]
     assert res.greedy.cer == pytest.approx(jiwer.cer(refs, hyps), rel=1e-12)  # ...and they count, as every char
     # the chunked log-probs cover the clip: one frame per 20 ms, give or take one per chunk join
-    am = lrl.evaluate.scoring.AcousticModel(model)
-    lp = split_log_probs(model, tmp_path / "ds", EvalConfig(split="test")).logps[list(test).index(long["id"])]
-    n_chunks = -(-len(long["audio"]) // (int(EvalConfig().chunk_seconds * am.sample_rate) - 2 * int(
-        EvalConfig().stride_seconds * am.sample_rate)))
+    am = lrl.evaluate.inference.AcousticModel(model)
+    lp = split_log_probs(model, tmp_path / "ds", EvaluateConfig(split="test")).logps[list(test).index(long["id"])]
+    n_chunks = -(-len(long["audio"]) // (int(EvaluateConfig().chunk_seconds * am.sample_rate) - 2 * int(
+        EvaluateConfig().stride_seconds * am.sample_rate)))
     assert abs(len(lp) - len(long["audio"]) / am.ratio) <= n_chunks
     summary = json.loads((res.out_dir / "summary.json").read_text())
     assert summary["not_scored"] == planted["faults"]["test"] and summary["counts"] == res.counts()
@@ -263,7 +303,7 @@ def test_cli_tune_writes_decoder_config_heatmap_and_hf_loadable_lm(tiny_model, t
     asr = pipeline("automatic-speech-recognition", model=str(tiny_model))
     assert asr.type == "ctc_with_lm"  # the pipeline attaches the installed LM
     # evaluate now finds the installed LM and its tuned settings on its own
-    res = evaluate(tiny_model, tiny_data, EvalConfig(split="dev"))
+    res = evaluate(tiny_model, tiny_data, EvaluateConfig(split="dev"))
     assert res.cached and res.decoder["alpha"] == dj["alpha"] and res.decoder["beam_width"] == dj["beam_width"]
 
 
@@ -288,7 +328,7 @@ def test_chunk_merge_keeps_every_frame_once():
 def test_cli_transcribe_long_audio_json_word_times(tiny_model, tmp_path, rng, cli):
     import soundfile as sf
 
-    from lrl.evaluate.scoring import AcousticModel
+    from lrl.evaluate.inference import AcousticModel
 
     folder = tmp_path / "audio"
     folder.mkdir()

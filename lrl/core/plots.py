@@ -22,7 +22,13 @@ DB_RANGE = 80.0  # dB shown below the loudest bin
 
 def log_mel(samples: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> tuple[np.ndarray, np.ndarray]:
     """(log-mel power in dB, shape [n_mels, frames]; centre frequency of each band in Hz)."""
-    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+    from transformers.audio_utils import (
+        hertz_to_mel,
+        mel_filter_bank,
+        mel_to_hertz,
+        spectrogram,
+        window_function,
+    )
 
     win = int(round(WIN_SECONDS * sample_rate))
     hop = int(round(HOP_SECONDS * sample_rate))
@@ -34,18 +40,9 @@ def log_mel(samples: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> tupl
         x = np.pad(x, (0, n_fft - len(x)))
     spec = spectrogram(x, window_function(win, "hann"), frame_length=win, hop_length=hop, fft_length=n_fft,
                        power=2.0, mel_filters=filters, log_mel="dB", reference=1.0, min_value=1e-10)
-    mel_edges = np.linspace(_hz_to_mel(0.0), _hz_to_mel(fmax), n_mels + 2)
-    return spec, _mel_to_hz(mel_edges[1:-1])
-
-
-def _hz_to_mel(f):  # Slaney: linear below 1 kHz, log above
-    f = np.asarray(f, dtype=float)
-    return np.where(f < 1000.0, 3.0 * f / 200.0, 15.0 + 27.0 * np.log(np.maximum(f, 1e-9) / 1000.0) / np.log(6.4))
-
-
-def _mel_to_hz(m):
-    m = np.asarray(m, dtype=float)
-    return np.where(m < 15.0, 200.0 * m / 3.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0))
+    # band centres: the inner points of the n_mels + 2 equally spaced mel edges mel_filter_bank uses
+    mel_edges = np.linspace(hertz_to_mel(0.0, "slaney"), hertz_to_mel(fmax, "slaney"), n_mels + 2)
+    return spec, mel_to_hertz(mel_edges[1:-1], "slaney")
 
 
 def _figure(nrows: int, ncols: int, **kw):

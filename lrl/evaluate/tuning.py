@@ -1,0 +1,230 @@
+"""Tuning the LM weights on cached dev log-probs: `tune_grid` searches (alpha, beta) on a coarse grid, refines
+around the best point and then picks the beam width, in parallel over the decoder's process pool;
+`plot_heatmap` draws WER over the grid; `tune` runs both on a split and writes MODEL/decoder.json (and
+installs the tuned LM into the model directory).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lrl.core.io import LrlError, atomic_write_text
+from lrl.evaluate.inference import split_log_probs, warn_if_flat
+from lrl.evaluate.scoring import EvaluateConfig, score
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The (alpha, beta) grid and beam widths `tune_grid` searches."""
+
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)  # LM weights of the coarse grid
+    betas: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)  # word insertion bonuses of the coarse grid
+    refine: bool = True  # then a 3x3 grid around the best point at half the coarse steps
+    grid_beam: int = 32  # beam width during the grid search (the LM weights matter more than the beam)
+    beam_widths: tuple[int, ...] = (16, 32, 64, 100)  # tried at the best (alpha, beta); the smallest
+    # within `beam_tolerance` of the best WER wins
+    beam_tolerance: float = 0.0  # absolute WER a smaller beam may lose and still be chosen
+    workers: int = 0  # processes (each inherits the loaded LM); 0 = all cores
+
+    def __post_init__(self) -> None:
+        if not self.alphas or not self.betas:
+            raise ValueError(f"alphas and betas must be non-empty, got {self.alphas} / {self.betas}")
+        if min(self.alphas) < 0:
+            raise ValueError(f"alphas must be >= 0, got {self.alphas}")
+        if self.grid_beam < 1 or not self.beam_widths or min(self.beam_widths) < 1:
+            raise ValueError(f"grid_beam and beam_widths must be >= 1, got {self.grid_beam} / {self.beam_widths}")
+        if self.beam_tolerance < 0:
+            raise ValueError(f"beam_tolerance must be >= 0, got {self.beam_tolerance}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    alpha: float
+    beta: float
+    beam_width: int
+    wer: float
+    cer: float
+    seconds: float  # decoding wall time of the whole dev set at this point
+
+
+@dataclass
+class TuneResult:
+    greedy_wer: float
+    default: TunePoint  # pyctcdecode's defaults (0.5, 1.5) at the grid beam
+    coarse: list[TunePoint]
+    fine: list[TunePoint]
+    beams: list[TunePoint]
+    best: TunePoint
+
+    def grid(self, points: list[TunePoint]) -> tuple[list[float], list[float], np.ndarray]:
+        alphas = sorted({p.alpha for p in points})
+        betas = sorted({p.beta for p in points})
+        m = np.full((len(betas), len(alphas)), np.nan)
+        for p in points:
+            m[betas.index(p.beta), alphas.index(p.alpha)] = p.wer
+        return alphas, betas, m
+
+
+# Dev log-probs registered before the pool forks (workers inherit them with the LM).
+_TUNE_DATA: dict[str, tuple] = {}
+
+
+def _tune_point(args: tuple) -> TunePoint:
+    from lrl.decode.decoder import _beam_search
+
+    key, data_key, params = args
+    prepared, refs, norm = _TUNE_DATA[data_key]
+    t0 = time.perf_counter()
+    hyps = [norm(_beam_search(key, params, lp, idx)[0]) or "" if len(lp) else "" for lp, idx in prepared]
+    s = score(refs, hyps)
+    return TunePoint(float(params[0]), float(params[1]), int(params[4]), s.wer, s.cer, time.perf_counter() - t0)
+
+
+def _best(points: list[TunePoint]) -> TunePoint:
+    return min(points, key=lambda p: (round(p.wer, 9), round(p.cer, 9), abs(p.alpha - 0.5) + abs(p.beta - 1.5)))
+
+
+def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneConfig | None = None,
+              normalizer=None) -> TuneResult:
+    """Grid-search alpha/beta (then beam width) of `decoder` (a CTCDecoder with an LM) on dev log-probs.
+    Points run in parallel over the decoder's process pool; every worker inherits the LM loaded once."""
+    import os
+    from dataclasses import replace
+
+    config = config or TuneConfig()
+    if not decoder.has_lm:
+        raise LrlError("tuning needs a language model: pass --lm DIR (from `lrl lm build`)")
+    norm = normalizer or (lambda t: " ".join(t.split()))
+    base = replace(decoder.config, beam_width=config.grid_beam)
+    decoder.close()  # a pool forked earlier would not see the dev data registered below
+    key = decoder.key  # builds the decoder (loads the LM) before any fork
+    data_key = os.urandom(8).hex()
+    _TUNE_DATA[data_key] = ([decoder._prepare(lp, base) for lp in logps], list(refs), norm)
+    try:
+        greedy = score(list(refs), [norm(decoder.greedy(lp).text) or "" for lp in logps]).wer
+
+        def run(points: list[tuple[float, float, int]]) -> list[TunePoint]:
+            tasks = [(key, data_key, decoder._params(replace(base, alpha=float(a), beta=float(b), beam_width=w)))
+                     for a, b, w in points]
+            return decoder.map_pool(_tune_point, tasks, workers=config.workers)
+
+        coarse_pts = [(a, b, config.grid_beam) for b in config.betas for a in config.alphas]
+        default_pt = (0.5, 1.5, config.grid_beam)
+        todo = coarse_pts + ([default_pt] if default_pt not in coarse_pts else [])
+        done = run(todo)
+        coarse = done[: len(coarse_pts)]
+        default = next(p for p in done if (p.alpha, p.beta) == (0.5, 1.5))
+        best = _best(coarse)
+        fine: list[TunePoint] = []
+        if config.refine:
+            da = _step(config.alphas) / 2
+            db = _step(config.betas) / 2
+            pts = [(round(best.alpha + i * da, 4), round(best.beta + j * db, 4), config.grid_beam)
+                   for j in (-1, 0, 1) for i in (-1, 0, 1) if best.alpha + i * da >= 0]
+            seen = {(p.alpha, p.beta) for p in coarse}
+            fine = run([p for p in pts if (p[0], p[1]) not in seen]) + [p for p in coarse if (p.alpha, p.beta) in {
+                (q[0], q[1]) for q in pts}]
+            best = _best(coarse + fine)
+        beams = run([(best.alpha, best.beta, w) for w in sorted(set(config.beam_widths))])
+        top = min(p.wer for p in beams)
+        chosen = min((p for p in beams if p.wer <= top + config.beam_tolerance), key=lambda p: p.beam_width)
+        return TuneResult(greedy, default, coarse, fine, beams, chosen)
+    finally:
+        _TUNE_DATA.pop(data_key, None)
+        decoder.close()
+
+
+def _step(values: tuple[float, ...]) -> float:
+    v = sorted(set(values))
+    return min(b - a for a, b in zip(v, v[1:], strict=False)) if len(v) > 1 else 1.0
+
+
+def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
+    """WER over (alpha, beta): the coarse grid, and the refined grid beside it; the best point starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("coarse grid", result.coarse)] + ([("refined grid", result.fine)] if result.fine else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5), squeeze=False)
+    vmin = min(p.wer for _, pts in panels for p in pts)
+    vmax = max(p.wer for _, pts in panels for p in pts)
+    for ax, (name, pts) in zip(axes[0], panels, strict=True):
+        alphas, betas, m = result.grid(pts)
+        im = ax.imshow(m * 100, origin="lower", cmap="viridis_r", aspect="auto", vmin=vmin * 100, vmax=vmax * 100)
+        ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_xlabel("alpha (LM weight)")
+        ax.set_ylabel("beta (word insertion bonus)")
+        ax.set_title(f"dev WER %, {name} (beam {pts[0].beam_width})")
+        for (r, c), v in np.ndenumerate(m):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v * 100:.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if v > (vmin + vmax) / 2 else "black")
+        b = result.best
+        if b.alpha in alphas and b.beta in betas:
+            from matplotlib.patches import Rectangle
+
+            c, r = alphas.index(b.alpha), betas.index(b.beta)
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3,
+                                   label=f"best: alpha={b.alpha:g}, beta={b.beta:g}"))
+            ax.plot(c + 0.32, r + 0.3, marker="*", color="red", markersize=12, markeredgecolor="white")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
+        fig.colorbar(im, ax=ax, label="WER %")
+    fig.suptitle(title or (f"greedy {result.greedy_wer:.1%} | defaults (0.5, 1.5) {result.default.wer:.1%} | "
+                           f"best {result.best.wer:.1%} at alpha={result.best.alpha:g}, beta={result.best.beta:g}, "
+                           f"beam {result.best.beam_width}"), fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = None, split: str = "dev",
+         config: TuneConfig | None = None, install: bool = True, cache: bool = True) -> tuple[TuneResult, Path]:
+    """Tune on the cached log-probs of `split`; write MODEL/decoder.json (lm, alpha, beta, beam, dev WER
+    before/after), MODEL/tune-<split>/{grid.tsv, heatmap.png}, and with `install` copy the LM into
+    MODEL/language_model/ with the tuned attrs.json (+ MODEL/alphabet.json) so Wav2Vec2ProcessorWithLM and
+    `lrl evaluate` use it."""
+    from lrl.core.text import Normalizer
+    from lrl.data.vocab import Vocab
+    from lrl.decode.decoder import CTCDecoder, write_decoder_json
+    from lrl.decode.lm import LM_DIR, install_lm
+
+    config = config or TuneConfig()
+    model_dir = Path(model_dir)
+    logps = split_log_probs(model_dir, data_dir, EvaluateConfig(split=split, cache=cache))
+    vocab = Vocab.load(model_dir)
+    norm = Normalizer(vocab.normalizer)
+    keep = [i for i, r in enumerate(logps.refs) if norm(r)]
+    warn_if_flat([logps.logps[i] for i in keep])
+    decoder = CTCDecoder.load(model_dir, lm=lm, workers=config.workers)
+    lm_source = decoder.lm_path
+    result = tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep], config, norm)
+    out = model_dir / f"tune-{split}"
+    rows = ["pass\talpha\tbeta\tbeam_width\twer\tcer\tseconds"]
+    for name, pts in (("coarse", result.coarse), ("fine", result.fine), ("beam", result.beams), ("default", [result.default])):
+        rows += [f"{name}\t{p.alpha:g}\t{p.beta:g}\t{p.beam_width}\t{p.wer:.6f}\t{p.cer:.6f}\t{p.seconds:.3f}" for p in pts]
+    atomic_write_text(out / "grid.tsv", "\n".join(rows) + "\n")
+    plot_heatmap(result, out / "heatmap.png")
+    b = result.best
+    cfg = decoder.with_config(alpha=b.alpha, beta=b.beta, beam_width=b.beam_width)
+    lm_record = str(lm_source)
+    if install:
+        install_lm(lm_source, model_dir, vocab, b.alpha, b.beta, cfg.unk_score_offset)
+        lm_record = str(model_dir / LM_DIR)
+    write_decoder_json(
+        model_dir, cfg, lm=lm_record, lm_source=str(lm_source), tuned_on=f"{data_dir}:{split}", n_utterances=len(keep),
+        dev_wer={"greedy": result.greedy_wer, "defaults_0.5_1.5": result.default.wer, "tuned": b.wer},
+        dev_cer_tuned=b.cer,
+    )
+    return result, out
