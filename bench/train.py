@@ -74,7 +74,7 @@ def run_arm(arm: str, data: Path, ckpt: Path, clips: int, max_seconds: float, ba
 
     from lrl.data.prepare import load_prepared
     from lrl.models.checkpoints import load_for_ctc
-    from lrl.train.trainer import CTCCollator
+    from lrl.train.collate import CTCCollator
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -171,7 +171,7 @@ def run_cell(arm: str, data: Path, ckpt: Path, updates: int, warmup: int) -> dic
     from lrl.data.prepare import load_prepared
     from lrl.models.checkpoints import load_for_ctc
     from lrl.train.batching import BatchingConfig, DynamicBatchSampler
-    from lrl.train.trainer import CTCCollator
+    from lrl.train.collate import CTCCollator
 
     torch.manual_seed(0)
     dsd, vocab = load_prepared(data)

@@ -331,7 +331,8 @@ def train_run(
     is a config key: `lrl train config > run.toml` prints them all with their defaults and meanings; pass
     the edited file with -c, or single keys with --set. Keys left at "auto" (LR, warm-up, conv freezing,
     SpecAugment) come from the recipe lrl picks for the start and the amount of data (--set recipe=NAME)."""
-    from lrl.train.trainer import load_config, parse_overrides, train
+    from lrl.train.config import load_config, parse_overrides
+    from lrl.train.trainer import train
 
     overrides = parse_overrides(set_ or [])
     named = {"data.path": data, "model.checkpoint": checkpoint, "output_dir": out, "model.init_head_from": init_head_from,

@@ -5,6 +5,8 @@ import yaml
 from lrl.core.text import NormalizerConfig
 from lrl.data.vocab import Vocab
 from lrl.models.checkpoints import load_for_ctc
+from lrl.train.collate import CTCCollator
+from lrl.train.config import TrainConfig
 from lrl.train.featcache import (
     CachedFeatureCollator,
     build_feature_cache,
@@ -12,7 +14,7 @@ from lrl.train.featcache import (
     cached_front_end,
     estimate_bytes,
 )
-from lrl.train.trainer import CTCCollator, TrainConfig, train
+from lrl.train.trainer import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

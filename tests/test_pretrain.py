@@ -386,7 +386,8 @@ def test_pretrained_output_starts_lrl_train_without_weight_warnings(clips, tmp_p
     from lrl.core.io import read_table
     from lrl.core.text import Normalizer, NormalizerConfig
     from lrl.data.vocab import Vocab
-    from lrl.train.trainer import load_config, train
+    from lrl.train.config import load_config
+    from lrl.train.trainer import train
 
     _, rows = read_table(SHARED_DATA / "yo-cv" / "train.tsv")
     norm = Normalizer(NormalizerConfig())

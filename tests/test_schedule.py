@@ -2,16 +2,8 @@ import math
 
 import pytest
 
-from lrl.train.schedule import (
-    FreezeConfig,
-    FreezeScheduleCallback,
-    LayerwiseLrConfig,
-    TriStage,
-    WarmupCosine,
-    apply_freeze,
-    layerwise_param_groups,
-    make_lr_lambda,
-)
+from lrl.train.freezing import FreezeConfig, FreezeScheduleCallback, apply_freeze
+from lrl.train.optim import LayerwiseLrConfig, TriStage, layerwise_param_groups, make_lr_lambda
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +131,7 @@ def test_freeze_config_validation(kwargs, match):
 
 
 def test_warmup_cosine_rises_peaks_and_decays():
-    f = WarmupCosine(warmup=10, total=100)
+    f = make_lr_lambda("cosine", total_steps=100, warmup_steps=10)
     vals = [f(s) for s in range(101)]
     assert all(a < b for a, b in zip(vals[:10], vals[1:11], strict=True))
     assert vals[10] == pytest.approx(1.0)
@@ -157,3 +149,50 @@ def test_tri_stage_matches_fairseq_phases():
         TriStage(total=10, phase_ratio=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="lr_schedule"):
         make_lr_lambda("step", 10, 1)
+
+
+# The factors lrl's schedules had when they were written out here (before transformers' public schedules
+# replaced them): warmup (step + 1) / (warmup + 1), then cosine or linear to 0 at `total`, or constant.
+def _old_factor(kind, warmup, total, step):
+    total = max(total, 1)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "cosine":
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if kind == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return 1.0
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warmup", [0, 1, 10, 99, 150])
+def test_public_schedules_keep_lrl_shapes_over_a_100_step_run(kind, warmup):
+    import torch
+
+    total, peak = 100, 3e-4
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, make_lr_lambda(kind, total, warmup))
+    lrs = []
+    for _ in range(total + 20):  # 20 updates past the horizon: the factor stays at its end
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [peak * _old_factor(kind, warmup, total, s) for s in range(total + 20)]
+    assert lrs == pytest.approx(want, abs=1e-6 * peak, rel=0)
+    assert lrs[0] > 0  # unlike transformers' own warmup, the first update already learns
+
+
+def test_time_budget_refit_moves_the_horizon_and_survives_a_checkpoint(tmp_path):
+    import torch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, make_lr_lambda("cosine", 1000, 5))
+    fn = sched.lr_lambdas[0]
+    fn.total = 50  # what lrl.train.callbacks.TimeBudgetCallback does
+    assert fn(50) == pytest.approx(0.0, abs=1e-12) and fn(27) == pytest.approx(_old_factor("cosine", 5, 50, 27))
+    torch.save(sched.state_dict(), tmp_path / "scheduler.pt")  # as the Trainer saves and reloads it
+    state = torch.load(tmp_path / "scheduler.pt", weights_only=True)
+    fresh = torch.optim.lr_scheduler.LambdaLR(opt, make_lr_lambda("cosine", 1000, 5))
+    fresh.load_state_dict(state)
+    assert fresh.lr_lambdas[0].total == 50

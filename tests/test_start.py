@@ -80,7 +80,7 @@ def test_fine_tuning_starts_from_the_shipped_start_by_name(tmp_path, shared_data
     from corpus_fixtures import make_fsdd_dataset
     from transformers import pipeline
 
-    from lrl.train.trainer import load_config
+    from lrl.train.config import load_config
 
     data = make_fsdd_dataset(shared_data / "fsdd", tmp_path / "fsdd", n_train=6, n_dev=2)
     out = tmp_path / "run"

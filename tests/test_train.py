@@ -12,14 +12,9 @@ import pytest
 from corpus_fixtures import make_fsdd_dataset
 
 from lrl.models.checkpoints import init_tiny, load_for_ctc, transfer_head
-from lrl.train.trainer import (
-    CTCCollator,
-    TrainConfig,
-    load_config,
-    make_compute_metrics,
-    parse_overrides,
-    warn_if_collapsed,
-)
+from lrl.train.collate import CTCCollator
+from lrl.train.config import TrainConfig, load_config, parse_overrides
+from lrl.train.metrics import make_compute_metrics, warn_if_collapsed
 
 ROOT = Path(__file__).resolve().parents[1]
 LRL = str(ROOT / ".venv" / "bin" / "lrl")
@@ -57,7 +52,7 @@ def test_toml_and_yaml_configs_with_cli_overrides(tmp_path):
     assert c.optim.lr == 1e-3 and c.batching.max_seconds == 20.0 and c.resume is True
     assert c.optim.layer_decay == 0.8  # untouched keys keep the file's value
     # the saved form of a config loads back to the same config
-    from lrl.train.trainer import save_config
+    from lrl.train.config import save_config
 
     save_config(c, tmp_path)
     assert load_config(tmp_path / "train_config.yaml") == c
@@ -227,7 +222,7 @@ def test_dev_rows_with_unknown_characters_and_long_clips_are_scored(tiny_data, c
 
 
 def test_all_blank_predictions_get_a_warning_with_causes(caplog):
-    with caplog.at_level(logging.WARNING, logger="lrl.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="lrl.train.metrics"):
         assert warn_if_collapsed({"eval_wer": 1.0, "eval_blank_rate": 1.0}, 200, TrainConfig())
         assert not warn_if_collapsed({"eval_wer": 0.7, "eval_blank_rate": 0.1}, 200, TrainConfig())
     assert "only blanks" in caplog.text and "warmup" in caplog.text and "vocab" in caplog.text
@@ -237,13 +232,12 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_data, tiny_ckpt, tmp_path):
     import torch
     from transformers import TrainingArguments
 
-    from lrl.train.trainer import _make_trainer_class
+    from lrl.train.trainer import CTCTrainer
 
     vocab = _vocab(tiny_data)
     model = load_for_ctc(tiny_ckpt, len(vocab), ctc_zero_infinity=False)
     cfg = TrainConfig()
-    Trainer = _make_trainer_class()
-    tr = Trainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"),
+    tr = CTCTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"),
                  lrl_config=cfg, durations=[1.0])
     batch = CTCCollator(vocab)([{"audio": np.ones(16000, np.float32), "text": "one"}])
     batch["input_values"][0, 5] = float("nan")
@@ -258,11 +252,11 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_data, tiny_ckpt, tmp_path):
 def test_trainer_optimizer_carries_the_layerwise_groups(tiny_data, tiny_ckpt, tmp_path):
     from transformers import TrainingArguments
 
-    from lrl.train.trainer import _make_trainer_class
+    from lrl.train.trainer import CTCTrainer
 
     model = load_for_ctc(tiny_ckpt, len(_vocab(tiny_data)))
     cfg = TrainConfig().with_overrides({"optim.lr": 1e-3, "optim.layer_decay": 0.5, "optim.head_lr_mult": 4.0})
-    tr = _make_trainer_class()(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"),
+    tr = CTCTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"),
                                lrl_config=cfg, durations=[1.0])
     opt = tr.create_optimizer()
     lr = {g["name"]: g["lr"] for g in opt.param_groups}
@@ -270,6 +264,27 @@ def test_trainer_optimizer_carries_the_layerwise_groups(tiny_data, tiny_ckpt, tm
     assert lr["layer.0"] == pytest.approx(5e-4) and lr["bottom"] == pytest.approx(2.5e-4)
     n = sum(len(g["params"]) for g in opt.param_groups)
     assert n == len(list(model.parameters()))  # frozen ones too: unfreezing needs no new optimizer
+
+
+def test_presharded_batches_pass_accelerate_unsplit():
+    """lrl.train.hf_trainer: on rank 1 of 2, accelerate would keep every 2nd of the batches DynamicBatchSampler
+    already chose for this rank; after the adapter the loader yields them all, in order."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    from lrl.train.hf_trainer import prepare_sharded_loader
+
+    batches = [[0, 1], [2], [3, 4, 5], [6], [7, 8]]  # this rank's share
+
+    class Rank1Of2:  # what Accelerator.prepare does to a DataLoader on rank 1 of a 2-process run
+        def prepare(self, loader):
+            return prepare_data_loader(loader, num_processes=2, process_index=1, put_on_device=False)
+
+    def loader():
+        return DataLoader(list(range(9)), batch_sampler=batches, collate_fn=list)
+
+    assert list(Rank1Of2().prepare(loader())) != batches  # what breaks without the adapter
+    assert list(prepare_sharded_loader(Rank1Of2(), loader())) == batches
 
 
 # -- a whole run --------------------------------------------------------------------------------------
@@ -405,7 +420,7 @@ def test_sigkill_then_resume_continues_at_the_saved_step(tiny_data, tiny_ckpt, t
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    from lrl.train.trainer import last_complete_checkpoint
+    from lrl.train.run_dir import last_complete_checkpoint
 
     saved = int(Path(last_complete_checkpoint(out)).name.split("-")[1])
     assert 0 < saved < 100

@@ -12,8 +12,9 @@ from typing import Any
 
 from lrl.core.io import LrlError, atomic_write_text
 from lrl.train.batching import BatchingConfig
+from lrl.train.freezing import FreezeConfig
+from lrl.train.optim import LayerwiseLrConfig
 from lrl.train.recipes import AUTO, RECIPE_NAMES
-from lrl.train.schedule import FreezeConfig, LayerwiseLrConfig
 
 CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
 _SPEC_CHOICES = ("auto", "checkpoint", "none", "hf-default", "10min", "low-resource", "medium")
@@ -75,7 +76,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.train.schedule.LayerwiseLrConfig)."""
+    """Optimizer and learning-rate schedule (layer-wise LRs: see lrl.train.optim.LayerwiseLrConfig)."""
 
     lr: float | str = AUTO  # peak LR of the top Transformer layer ("auto" = the recipe's)
     layer_decay: float = 1.0  # LR factor per layer going down

@@ -26,6 +26,7 @@ from lrl.core.constants import (
 )
 from lrl.core.hf_datasets import is_saved_dataset
 from lrl.core.io import LrlError, atomic_write_text, iter_files
+from lrl.train.run_dir import STATE_FILE, complete_checkpoints, prune_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -468,13 +469,10 @@ def _find_checkpoint(out: Path, resume: bool | str | Path) -> Path | None:
         return None
     if resume is not True:
         ckpt = Path(resume)
-        if not (ckpt / "trainer_state.json").is_file():
+        if not (ckpt / STATE_FILE).is_file():
             raise LrlError(f"{ckpt}: not a pretraining checkpoint (no trainer_state.json)")
         return ckpt
-    found = sorted(
-        (int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*")
-        if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").is_file()
-    )
+    found = complete_checkpoints(out)
     if not found:
         raise LrlError(f"--resume: no checkpoint-<step> with trainer_state.json under {out}; start without --resume")
     return found[-1][1]
@@ -491,14 +489,10 @@ def _save_checkpoint(out: Path, step: int, net, fe, spec_augment: dict, optimize
     _save_model(net, fe, tmp, spec_augment)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
+    atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    olds = sorted(
-        (int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
-    )
-    for _, p in olds[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
+    prune_checkpoints(out, keep)
     logger.info("saved %s", final)
     return final
 
