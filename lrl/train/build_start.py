@@ -50,7 +50,8 @@ def build_crosslingual_start(out: str | Path, config: StartConfig, work: str | P
     from lrl.data import prepare as data
     from lrl.data import synth
     from lrl.models.checkpoints import init_tiny
-    from lrl.train import trainer as train
+    from lrl.train.config import TrainConfig
+    from lrl.train.trainer import train
 
     out = Path(out)
     work = Path(work) if work else out.parent / f"{out.name}-work"
@@ -75,7 +76,7 @@ def build_crosslingual_start(out: str | Path, config: StartConfig, work: str | P
         "model": {"checkpoint": str(init)},
         "optim": {"max_steps": 100_000},  # the wall-clock budget ends the run
     }
-    result = train.train(train.TrainConfig.from_dict(run))
+    result = train(TrainConfig.from_dict(run))
     _export(run_dir, out, config, result, t_corpus, time.perf_counter() - t0)
     return out
 
