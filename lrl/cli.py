@@ -8,16 +8,42 @@ set LRL_DEBUG=1 for the traceback.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 
+# Choices and defaults come from the library (its Literal types, config dataclasses and function signatures);
+# these modules import no torch/transformers/datasets at module level.
+from lrl.augment.preview import preview as _preview
+from lrl.augment.specaugment import SpecPreset
+from lrl.augment.wave import WavePreset
 from lrl.core.cpu import set_openmp_env
+from lrl.core.text import DigitPolicy, NormalizerConfig, UnicodeForm
+from lrl.data.prepare import OovPolicy, PrepareConfig
+from lrl.data.vocab import RarePolicy, VocabBuildConfig
+from lrl.decode.lm import KENLM_MAX_ORDER, BinaryType, LMBuildConfig
+from lrl.decode.lm import OOVPolicy as LMOOVPolicy
+from lrl.demo import DemoConfig, DemoStart
+from lrl.evaluate.scoring import EvaluateConfig
+from lrl.evaluate.scoring import evaluate as _evaluate
+from lrl.evaluate.transcribe import TranscribeConfig
+from lrl.evaluate.transcribe import transcribe as _transcribe
+from lrl.evaluate.tuning import TuneConfig
+from lrl.evaluate.tuning import tune as _tune
+from lrl.models.checkpoints import TinySize
+from lrl.models.checkpoints import init_tiny as _init_tiny
+from lrl.models.checkpoints import load_for_ctc as _load_for_ctc
+from lrl.train.batching import find_max_seconds as _find_max_seconds
+from lrl.train.build_start import StartConfig
+from lrl.train.pretrain import FreshSize, PretrainConfig
+from lrl.train.pretrain import run_pretraining as _run_pretraining
 
 set_openmp_env()  # before any command loads torch: idle OpenMP threads sleep instead of spinning (lrl.core.cpu)
 app = typer.Typer(
@@ -70,9 +96,43 @@ def _user_errors(fn):
     return wrapper
 
 
-def _not_built(what: str, issue: int) -> None:
-    typer.echo(f"`lrl {what}` is not built yet (tracked in issue #{issue}).", err=True)
-    raise typer.Exit(2)
+def _choices(name: str, values: Any) -> type[Enum]:
+    """A `str, Enum` of Typer choices from the library's `Literal` type (or names such as a preset table's keys),
+    so the library stays the one place that lists them."""
+    names = get_args(values) if get_origin(values) is Literal else tuple(values)
+    return Enum(name, {v: v for v in names}, type=str, module=__name__)
+
+
+def _arg_defaults(fn: Callable) -> dict[str, Any]:
+    """The default argument values of a library function, for options that map to its arguments."""
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
+def _csv(values: Iterable) -> str:
+    """A default tuple as the comma-separated text its option takes ("0,0.5,1")."""
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+# Option choices: the library's Literal types. Option defaults: its config dataclasses (read where the option
+# is declared) and these library functions' signatures.
+UnicodeFormOpt = _choices("UnicodeFormOpt", UnicodeForm)
+DigitsOpt = _choices("DigitsOpt", DigitPolicy)
+RareOpt = _choices("RareOpt", RarePolicy)
+OovOpt = _choices("OovOpt", OovPolicy)
+WavePresetOpt = _choices("WavePresetOpt", WavePreset)
+SpecPresetOpt = _choices("SpecPresetOpt", SpecPreset)
+TinySizeOpt = _choices("TinySizeOpt", TinySize)
+LMBinaryOpt = _choices("LMBinaryOpt", BinaryType)
+LMOOVOpt = _choices("LMOOVOpt", LMOOVPolicy)
+FreshOpt = _choices("FreshOpt", FreshSize)
+DemoStartOpt = _choices("DemoStartOpt", DemoStart)
+_PREVIEW = _arg_defaults(_preview)
+_INIT_TINY = _arg_defaults(_init_tiny)
+_FIND_BATCH = _arg_defaults(_find_max_seconds)
+_LOAD_FOR_CTC = _arg_defaults(_load_for_ctc)
+_TUNE = _arg_defaults(_tune)
+_EVALUATE = _arg_defaults(_evaluate)
+_PRETRAIN = _arg_defaults(_run_pretraining)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -96,44 +156,25 @@ def doctor() -> None:
 # ---------------------------------------------------------------------------------------------------
 # vocab
 # ---------------------------------------------------------------------------------------------------
-class UnicodeFormOpt(str, Enum):
-    NFC = "NFC"
-    NFKC = "NFKC"
-    NFD = "NFD"
-    NFKD = "NFKD"
-
-
-class DigitsOpt(str, Enum):
-    keep = "keep"
-    drop = "drop"
-    error = "error"
-
-
-class RareOpt(str, Enum):
-    keep = "keep"
-    exclude = "exclude"
-
-
 @vocab_app.command("build")
 @_user_errors
 def vocab_build(
     transcripts: Annotated[list[Path], typer.Argument(help="Training transcripts: CV TSV, TSV/CSV/JSONL manifest or text file.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for tokenizer, normaliser and report.")],
     text_column: Annotated[str | None, typer.Option(help="Transcript column of a manifest (default: sentence, text, ...).")] = None,
-    language: Annotated[str | None, typer.Option(help="ISO 639 code; 'tr'/'az' lowercase I to dotless ı.")] = None,
-    unicode_form: Annotated[UnicodeFormOpt, typer.Option(help="Unicode normal form of model text.")] = UnicodeFormOpt.NFC,
-    lowercase: Annotated[bool, typer.Option(help="Lowercase the text.")] = True,
-    keep: Annotated[str, typer.Option(help="Punctuation characters kept as letters (apostrophe look-alikes fold to ').")] = "'",
-    digits: Annotated[DigitsOpt, typer.Option(help="Sentences with digits: keep, drop the sentence, or error.")] = DigitsOpt.keep,
-    min_count: Annotated[int, typer.Option(help="Characters seen fewer times are rare.", min=1)] = 1,
-    rare: Annotated[RareOpt, typer.Option(help="Rare characters: keep as tokens, or exclude (become [UNK] / dropped by data).")] = RareOpt.exclude,
-    script: Annotated[str | None, typer.Option(help="Expected script, e.g. Latin (default: that of most letters).")] = None,
+    language: Annotated[str | None, typer.Option(help="ISO 639 code; 'tr'/'az' lowercase I to dotless ı.")] = NormalizerConfig.language,
+    unicode_form: Annotated[UnicodeFormOpt, typer.Option(help="Unicode normal form of model text.")] = UnicodeFormOpt(NormalizerConfig.unicode_form),
+    lowercase: Annotated[bool, typer.Option(help="Lowercase the text.")] = NormalizerConfig.lowercase,
+    keep: Annotated[str, typer.Option(help="Punctuation characters kept as letters (apostrophe look-alikes fold to ').")] = NormalizerConfig.keep,
+    digits: Annotated[DigitsOpt, typer.Option(help="Sentences with digits: keep, drop the sentence, or error.")] = DigitsOpt(NormalizerConfig.digits),
+    min_count: Annotated[int, typer.Option(help="Characters seen fewer times are rare.", min=1)] = VocabBuildConfig.min_count,
+    rare: Annotated[RareOpt, typer.Option(help="Rare characters: keep as tokens, or exclude (become [UNK] / dropped by data).")] = RareOpt(VocabBuildConfig.rare),
+    script: Annotated[str | None, typer.Option(help="Expected script, e.g. Latin (default: that of most letters).")] = VocabBuildConfig.script,
     alphabet: Annotated[Path | None, typer.Option(help="Curated alphabet file: characters (whitespace-separated or one per line).", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Build a character vocabulary from TRAINING transcripts only (never dev/test)."""
     from lrl.core.io import read_text_lines
-    from lrl.core.text import NormalizerConfig
-    from lrl.data.vocab import VocabBuildConfig, build_vocab, read_transcripts, write_report
+    from lrl.data.vocab import build_vocab, read_transcripts, write_report
 
     norm = NormalizerConfig(
         unicode_form=unicode_form.value, lowercase=lowercase, language=language, keep=keep, digits=digits.value
@@ -174,39 +215,34 @@ def vocab_audit(
 
 
 # ---------------------------------------------------------------------------------------------------
-# stages not built yet
+# data
 # ---------------------------------------------------------------------------------------------------
-class OovOpt(str, Enum):
-    drop = "drop"
-    unk = "unk"
-
-
 @data_app.command("prepare")
 @_user_errors
 def data_prepare(
     src: Annotated[Path, typer.Argument(help="A Common Voice folder, a TSV/CSV/JSONL manifest (paths relative to it), or a folder of audio + same-named .txt.", exists=True)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory (DatasetDict + vocab/ + skipped.tsv + summary.json).")],
     vocab: Annotated[Path | None, typer.Option("--vocab", help="Use this vocabulary (from `lrl vocab build`) instead of building one from train.", exists=True, file_okay=False)] = None,
-    splits: Annotated[str, typer.Option(help="Comma-separated splits to prepare.")] = "train,dev,test",
-    train_from_validated: Annotated[bool, typer.Option(help="CV: train = validated.tsv minus dev/test clips and sentences.")] = False,
-    min_duration: Annotated[float, typer.Option(help="Shortest clip kept, seconds.")] = 1.0,
-    max_duration: Annotated[float, typer.Option(help="Longest clip kept, seconds.")] = 20.0,
-    max_chars_per_second: Annotated[float, typer.Option(help="Skip transcripts longer than this per second of audio (CTC needs frames >= labels).")] = 25.0,
-    oov: Annotated[OovOpt, typer.Option(help="Transcripts with characters outside the vocabulary: drop the row, or keep it ([UNK]).")] = OovOpt.drop,
-    filter_eval: Annotated[bool, typer.Option(help="Apply the content filters (OOV, duration, chars/s) to dev/test too; by default only train drops such rows and dev/test keep them for scoring.")] = False,
-    check_votes: Annotated[bool, typer.Option(help="CV: skip rows with down_votes >= up_votes.")] = True,
-    text_column: Annotated[str | None, typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = None,
-    audio_column: Annotated[str | None, typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = None,
-    num_proc: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = 1,
-    language: Annotated[str | None, typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = None,
-    licence: Annotated[str | None, typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared from other inputs.")] = False,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to prepare.")] = _csv(PrepareConfig.splits),
+    train_from_validated: Annotated[bool, typer.Option(help="CV: train = validated.tsv minus dev/test clips and sentences.")] = PrepareConfig.train_from_validated,
+    min_duration: Annotated[float, typer.Option(help="Shortest clip kept, seconds.")] = PrepareConfig.min_duration,
+    max_duration: Annotated[float, typer.Option(help="Longest clip kept, seconds.")] = PrepareConfig.max_duration,
+    max_chars_per_second: Annotated[float, typer.Option(help="Skip transcripts longer than this per second of audio (CTC needs frames >= labels).")] = PrepareConfig.max_chars_per_second,
+    oov: Annotated[OovOpt, typer.Option(help="Transcripts with characters outside the vocabulary: drop the row, or keep it ([UNK]).")] = OovOpt(PrepareConfig.oov),
+    filter_eval: Annotated[bool, typer.Option(help="Apply the content filters (OOV, duration, chars/s) to dev/test too; by default only train drops such rows and dev/test keep them for scoring.")] = PrepareConfig.filter_eval,
+    check_votes: Annotated[bool, typer.Option(help="CV: skip rows with down_votes >= up_votes.")] = PrepareConfig.check_votes,
+    text_column: Annotated[str | None, typer.Option(help="Manifest transcript column (default: sentence, text, ...).")] = PrepareConfig.text_column,
+    audio_column: Annotated[str | None, typer.Option(help="Manifest audio path column (default: path, audio, ...).")] = PrepareConfig.audio_column,
+    num_proc: Annotated[int, typer.Option(help="Decoding processes.", min=1)] = PrepareConfig.num_proc,
+    language: Annotated[str | None, typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = PrepareConfig.language,
+    licence: Annotated[str | None, typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = PrepareConfig.licence,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared from other inputs.")] = PrepareConfig.overwrite,
     card: Annotated[bool, typer.Option(help="Write a data card at the end.")] = True,
     card_dir: Annotated[Path | None, typer.Option(help="Where the data card goes (<name>.md + PNGs); default OUT/data_cards.")] = None,
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
-    from lrl.data.prepare import PrepareConfig, format_summary, prepare
+    from lrl.data.prepare import format_summary, prepare
 
     cfg = PrepareConfig(
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()), train_from_validated=train_from_validated,
@@ -242,34 +278,22 @@ def data_card(
     typer.echo(f"card: {write_card(dataset, card_dir, name=name, language=language, licence=licence)}")
 
 
-class WavePresetOpt(str, Enum):
-    none = "none"
-    light = "light"
-    strong = "strong"
-
-
-class SpecPresetOpt(str, Enum):
-    none = "none"
-    hf_default = "hf-default"
-    ten_min = "10min"
-    low_resource = "low-resource"
-    medium = "medium"
-
-
+# ---------------------------------------------------------------------------------------------------
+# augment
+# ---------------------------------------------------------------------------------------------------
 @augment_app.command("preview")
 @_user_errors
 def augment_preview(
     audio: Annotated[Path, typer.Argument(help="An audio file (any format ffmpeg reads).", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the WAVs and PNGs.")],
-    preset: Annotated[WavePresetOpt, typer.Option(help="Waveform augmentation preset.")] = WavePresetOpt.strong,
+    preset: Annotated[WavePresetOpt, typer.Option(help="Waveform augmentation preset.")] = WavePresetOpt("strong"),
     config: Annotated[Path | None, typer.Option(help="A TOML file whose [augment] table (a preset and/or transforms as tables) replaces --preset.", exists=True, dir_okay=False)] = None,
-    n: Annotated[int, typer.Option("--n", help="Number of augmented versions.", min=1, max=50)] = 4,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same outputs).", min=0)] = 0,
-    specaugment: Annotated[SpecPresetOpt, typer.Option(help="SpecAugment preset drawn over the model's frames.")] = SpecPresetOpt.low_resource,
+    n: Annotated[int, typer.Option("--n", help="Number of augmented versions.", min=1, max=50)] = _PREVIEW["n"],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same outputs).", min=0)] = _PREVIEW["seed"],
+    specaugment: Annotated[SpecPresetOpt, typer.Option(help="SpecAugment preset drawn over the model's frames.")] = SpecPresetOpt("low-resource"),
     model: Annotated[Path | None, typer.Option(help="Model dir whose config.json gives frames and hidden size (default: wav2vec 2.0 layout).", exists=True, file_okay=False)] = None,
 ) -> None:
     """Write DIR/<stem>_aug<i>.wav and .png (waveform + log-mel before/after) and DIR/<stem>_specaugment.png."""
-    from lrl.augment.preview import preview
     from lrl.augment.specaugment import SpecAugmentConfig
     from lrl.augment.wave import WaveAugmentConfig
 
@@ -279,7 +303,7 @@ def augment_preview(
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(model)
-    result = preview(audio, out, wave, n=n, seed=seed, specaugment=SpecAugmentConfig.preset(specaugment.value),
+    result = _preview(audio, out, wave, n=n, seed=seed, specaugment=SpecAugmentConfig.preset(specaugment.value),
                      model_config=model_config)
     lengths = ", ".join(f"{d:.2f}" for d in result.durations)
     typer.echo(f"{len(result.wavs)} augmented clips of {audio.name} ({result.source_seconds:.2f} s -> {lengths} s) in {out}")
@@ -304,11 +328,9 @@ def augment_presets() -> None:
         typer.echo(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in kw.items()))
 
 
-class TinySizeOpt(str, Enum):
-    test = "test"
-    small = "small"
-
-
+# ---------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------
 @train_app.command("run")
 @_user_errors
 def train_run(
@@ -365,13 +387,11 @@ def train_config() -> None:
 @_user_errors
 def train_init_tiny(
     out: Annotated[Path, typer.Argument(help="Directory to write the checkpoint to.")],
-    size: Annotated[TinySizeOpt, typer.Option(help="test (~36k parameters) or small (2.5M, trains on CPU in minutes).")] = TinySizeOpt.test,
-    seed: Annotated[int, typer.Option(help="Random seed of the initialisation.")] = 0,
+    size: Annotated[TinySizeOpt, typer.Option(help="test (~36k parameters) or small (2.5M, trains on CPU in minutes).")] = TinySizeOpt(_INIT_TINY["size"]),
+    seed: Annotated[int, typer.Option(help="Random seed of the initialisation.")] = _INIT_TINY["seed"],
 ) -> None:
     """Write a small randomly initialised Wav2Vec2ForPreTraining checkpoint with the XLS-R structure."""
-    from lrl.models.checkpoints import init_tiny
-
-    typer.echo(f"wrote {init_tiny(out, size.value, seed)}")
+    typer.echo(f"wrote {_init_tiny(out, size.value, seed)}")
 
 
 @train_app.command("build-start")
@@ -379,15 +399,15 @@ def train_init_tiny(
 def train_build_start(
     out: Annotated[Path, typer.Argument(help="Directory to write the start to (model + processor + card).")],
     lang: Annotated[list[str], typer.Option("--lang", help="LANG=SENTENCE_FILE (one sentence per line) or sw=grammar; repeatable. Languages: cy eu ga-IE mt de en sw.")],
-    minutes: Annotated[float, typer.Option(help="Wall-clock minutes of CTC training (the LR schedule is fitted to them).", min=0.1)] = 10.0,
-    per_language: Annotated[int, typer.Option(help="Synthesised training utterances per language.", min=1)] = 300,
+    minutes: Annotated[float, typer.Option(help="Wall-clock minutes of CTC training (the LR schedule is fitted to them).", min=0.1)] = StartConfig.minutes,
+    per_language: Annotated[int, typer.Option(help="Synthesised training utterances per language.", min=1)] = StartConfig.n_per_language,
     work: Annotated[Path | None, typer.Option(help="Directory for the corpus, dataset and run (default: OUT-work beside OUT; reused).")] = None,
-    fp32: Annotated[bool, typer.Option("--fp32", help="Store fp32 weights (default fp16: half the size, loaded as fp32).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of the corpus, the initialisation and training.")] = 0,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Store fp32 weights (default fp16: half the size, loaded as fp32).")] = not StartConfig.half,
+    seed: Annotated[int, typer.Option(help="Seed of the corpus, the initialisation and training.")] = StartConfig.seed,
 ) -> None:
     """Build a tiny cross-lingual start the way XLS-R/MMS are built, but small: CTC on espeak-ng speech in
     several languages. `make xl-start` rebuilds the shipped `xl-tiny` with this command."""
-    from lrl.train.build_start import StartConfig, build_crosslingual_start
+    from lrl.train.build_start import build_crosslingual_start
 
     texts = {}
     for item in lang:
@@ -406,54 +426,43 @@ def train_build_start(
 def train_find_batch(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint to size batches for (hub id or local dir).")],
     vocab_size: Annotated[int, typer.Option(help="Outputs of the CTC head.", min=2)] = 64,
-    memory_fraction: Annotated[float, typer.Option(help="Share of the available memory to plan for.", min=0.01, max=1.0)] = 0.5,
+    memory_fraction: Annotated[float, typer.Option(help="Share of the available memory to plan for.", min=0.01, max=1.0)] = _FIND_BATCH["memory_fraction"],
     budget_mib: Annotated[int | None, typer.Option(help="Plan for this many MiB instead of a share of the available memory.", min=1)] = None,
-    clip_seconds: Annotated[float, typer.Option(help="Clip length measured (use your longest clips: attention grows with length).", min=0.5)] = 4.0,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights.")] = False,
+    clip_seconds: Annotated[float, typer.Option(help="Clip length measured (use your longest clips: attention grows with length).", min=0.5)] = _FIND_BATCH["clip_seconds"],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights.")] = _LOAD_FOR_CTC["allow_pickle"],
 ) -> None:
     """Largest batching.max_seconds whose training step fits the memory at hand."""
-    from lrl.models.checkpoints import load_for_ctc
-    from lrl.train.batching import find_max_seconds
-
-    model = load_for_ctc(checkpoint, vocab_size, 0, allow_pickle)
+    model = _load_for_ctc(checkpoint, vocab_size, 0, allow_pickle)
     model.freeze_feature_encoder()
-    est = find_max_seconds(model, budget_mib * 2**20 if budget_mib else None, memory_fraction, clip_seconds)
+    est = _find_max_seconds(model, budget_mib * 2**20 if budget_mib else None, memory_fraction, clip_seconds)
     typer.echo(
         f"max_seconds {est.max_seconds:g} (budget {est.budget_bytes / 2**20:.0f} MiB: "
         f"{est.fixed_bytes / 2**20:.1f} MiB weights+grads+AdamW, {est.bytes_per_second / 2**20:.2f} MiB per audio second)"
     )
 
 
-class LMBinaryOpt(str, Enum):
-    probing = "probing"
-    trie = "trie"
-    none = "none"
-
-
-class LMOOVOpt(str, Enum):
-    drop = "drop"
-    strip_marks = "strip-marks"
-
-
+# ---------------------------------------------------------------------------------------------------
+# lm
+# ---------------------------------------------------------------------------------------------------
 @lm_app.command("build")
 @_user_errors
 def lm_build(
     texts: Annotated[list[Path], typer.Argument(help="LM text: text files (one sentence a line), TSV/CSV/JSONL manifests or prepared dataset dirs.", exists=True)],
     vocab: Annotated[Path, typer.Option("--vocab", help="The model's vocabulary dir (`lrl vocab build`, DATA/vocab or a model dir): its normaliser and characters.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dir: language_model/ (lm.bin, unigrams.txt, attrs.json), alphabet.json, lm_build.json.")],
-    order: Annotated[int, typer.Option("--order", "-n", help="N-gram order (2..6).")] = 3,
+    order: Annotated[int, typer.Option("--order", "-n", help=f"N-gram order (2..{KENLM_MAX_ORDER}).")] = LMBuildConfig.order,
     exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
     heldout: Annotated[list[Path] | None, typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
-    oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: strip-marks (remove combining marks the vocabulary lacks, then drop what is still outside), or drop.")] = LMOOVOpt.strip_marks,
-    memory: Annotated[str, typer.Option("--memory", "-S", help="lmplz -S sorting memory: a percentage of RAM or a size (2G).")] = "10%",
+    oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: strip-marks (remove combining marks the vocabulary lacks, then drop what is still outside), or drop.")] = LMOOVOpt(LMBuildConfig.oov),
+    memory: Annotated[str, typer.Option("--memory", "-S", help="lmplz -S sorting memory: a percentage of RAM or a size (2G).")] = LMBuildConfig.memory,
     prune: Annotated[str | None, typer.Option(help="lmplz --prune thresholds per order, comma-separated, e.g. 0,0,1.")] = None,
-    discount_fallback: Annotated[bool, typer.Option(help="lmplz --discount_fallback (needed for small corpora).")] = True,
-    binary: Annotated[LMBinaryOpt, typer.Option(help="build_binary structure (none: keep the ARPA as the model).")] = LMBinaryOpt.probing,
-    keep_arpa: Annotated[bool, typer.Option(help="Keep OUT/lm.arpa beside the binary.")] = True,
+    discount_fallback: Annotated[bool, typer.Option(help="lmplz --discount_fallback (needed for small corpora).")] = LMBuildConfig.discount_fallback,
+    binary: Annotated[LMBinaryOpt, typer.Option(help="build_binary structure (none: keep the ARPA as the model).")] = LMBinaryOpt(LMBuildConfig.binary),
+    keep_arpa: Annotated[bool, typer.Option(help="Keep OUT/lm.arpa beside the binary.")] = LMBuildConfig.keep_arpa,
 ) -> None:
     """Build a KenLM n-gram from text normalised with the vocabulary's normaliser."""
     from lrl.core.text import char_display
-    from lrl.decode.lm import LMBuildConfig, build_lm
+    from lrl.decode.lm import build_lm
 
     cfg = LMBuildConfig(
         order=order, memory=memory, prune=tuple(int(x) for x in prune.split(",")) if prune else (),
@@ -487,35 +496,32 @@ def lm_tune(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
     lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
-    split: Annotated[str, typer.Option(help="Split to tune on (never test).")] = "dev",
-    alphas: Annotated[str, typer.Option(help="Coarse grid of alpha (LM weight), comma-separated.")] = "0,0.5,1,1.5,2,2.5",
-    betas: Annotated[str, typer.Option(help="Coarse grid of beta (word insertion bonus), comma-separated.")] = "-2,-1,0,1,2,3",
-    refine: Annotated[bool, typer.Option(help="Refine around the best point at half steps.")] = True,
-    grid_beam: Annotated[int, typer.Option(help="Beam width during the grid search.", min=1)] = 32,
-    beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best WER wins.")] = "16,32,64,100",
-    workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).", min=0)] = 0,
-    install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = True,
+    split: Annotated[str, typer.Option(help="Split to tune on (never test).")] = _TUNE["split"],
+    alphas: Annotated[str, typer.Option(help="Coarse grid of alpha (LM weight), comma-separated.")] = _csv(TuneConfig.alphas),
+    betas: Annotated[str, typer.Option(help="Coarse grid of beta (word insertion bonus), comma-separated.")] = _csv(TuneConfig.betas),
+    refine: Annotated[bool, typer.Option(help="Refine around the best point at half steps.")] = TuneConfig.refine,
+    grid_beam: Annotated[int, typer.Option(help="Beam width during the grid search.", min=1)] = TuneConfig.grid_beam,
+    beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best WER wins.")] = _csv(TuneConfig.beam_widths),
+    workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).", min=0)] = TuneConfig.workers,
+    install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = _TUNE["install"],
 ) -> None:
     """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
-    from lrl.evaluate.tuning import TuneConfig, tune
-
     cfg = TuneConfig(
         alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, grid_beam=grid_beam,
         beam_widths=tuple(int(b) for b in _floats(beam_widths, "--beam-widths")), workers=workers,
     )
-    r, out = tune(model, data, lm=lm, split=split, config=cfg, install=install)
+    r, out = _tune(model, data, lm=lm, split=split, config=cfg, install=install)
     b = r.best
-    typer.echo(f"{split} WER: greedy {r.greedy_wer:.2%} | defaults alpha=0.5 beta=1.5 {r.default.wer:.2%} | "
+    d = r.default
+    typer.echo(f"{split} WER: greedy {r.greedy_wer:.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.wer:.2%} | "
                f"tuned alpha={b.alpha:g} beta={b.beta:g} beam={b.beam_width} {b.wer:.2%} (CER {b.cer:.2%})")
     typer.echo("beams: " + ", ".join(f"{p.beam_width}: {p.wer:.2%} in {p.seconds:.1f}s" for p in r.beams))
     typer.echo(f"wrote {model / 'decoder.json'}; grid and heatmap: {out}/grid.tsv {out}/heatmap.png")
 
 
-class FreshOpt(str, Enum):
-    tiny_test = "tiny-test"
-    tiny_small = "tiny-small"
-
-
+# ---------------------------------------------------------------------------------------------------
+# pretrain, evaluate, transcribe, demo
+# ---------------------------------------------------------------------------------------------------
 @app.command()
 @_user_errors
 def pretrain(
@@ -523,31 +529,29 @@ def pretrain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: the model, checkpoint-<step>/, pretrain_log.csv.")],
     model: Annotated[str | None, typer.Option(help="Checkpoint to continue: hub id or local directory (safetensors).")] = None,
     fresh: Annotated[FreshOpt | None, typer.Option(help="Start from a fresh random tiny model instead of --model.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer updates in total.", min=1)] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Crops per micro-batch.", min=1)] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per update.", min=1)] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (after warmup, then linear decay).")] = 5e-5,
-    warmup: Annotated[int, typer.Option(help="Warmup updates.", min=0)] = 100,
-    max_seconds: Annotated[float, typer.Option(help="Longer audio is cut into crops of at most this many seconds.")] = 15.0,
-    min_seconds: Annotated[float, typer.Option(help="Crops and files shorter than this are dropped (counted).")] = 2.0,
-    mask_prob: Annotated[float, typer.Option(help="Share of frames starting a masked span.")] = 0.65,
-    mask_length: Annotated[int, typer.Option(help="Frames per masked span (20 ms each).", min=1)] = 10,
-    negatives: Annotated[int, typer.Option(help="Distractors per masked frame.", min=1)] = 100,
-    diversity_weight: Annotated[float, typer.Option(help="Weight of the codebook diversity loss.")] = 0.1,
-    gumbel_decay: Annotated[float, typer.Option(help="Per-update Gumbel temperature factor (2.0 -> 0.5).")] = 0.999995,
-    gumbel_min_at_step: Annotated[int | None, typer.Option(help="Reach the minimum temperature at this update (overrides --gumbel-decay).")] = None,
-    split: Annotated[list[str], typer.Option(help="Split(s) of a prepared dataset to read (repeatable).")] = ["train"],  # noqa: B006 - typer copies it
-    freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the conv front end fixed (faster on CPU).")] = False,
-    save_every: Annotated[int, typer.Option(help="Updates between resumable checkpoints (0 = none).", min=0)] = 500,
-    max_minutes: Annotated[float, typer.Option(help="Stop after this many wall-clock minutes (0 = no limit).", min=0)] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of data order, masks, negatives and Gumbel noise.")] = 0,
-    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard scalars to OUT/runs.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest OUT/checkpoint-<step> (schedule included).")] = False,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = False,
+    steps: Annotated[int, typer.Option(help="Optimizer updates in total.", min=1)] = PretrainConfig.max_steps,
+    batch_size: Annotated[int, typer.Option(help="Crops per micro-batch.", min=1)] = PretrainConfig.batch_size,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per update.", min=1)] = PretrainConfig.grad_accum,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (after warmup, then linear decay).")] = PretrainConfig.learning_rate,
+    warmup: Annotated[int, typer.Option(help="Warmup updates.", min=0)] = PretrainConfig.warmup_steps,
+    max_seconds: Annotated[float, typer.Option(help="Longer audio is cut into crops of at most this many seconds.")] = PretrainConfig.max_seconds,
+    min_seconds: Annotated[float, typer.Option(help="Crops and files shorter than this are dropped (counted).")] = PretrainConfig.min_seconds,
+    mask_prob: Annotated[float, typer.Option(help="Share of frames starting a masked span.")] = PretrainConfig.mask_time_prob,
+    mask_length: Annotated[int, typer.Option(help="Frames per masked span (20 ms each).", min=1)] = PretrainConfig.mask_time_length,
+    negatives: Annotated[int, typer.Option(help="Distractors per masked frame.", min=1)] = PretrainConfig.num_negatives,
+    diversity_weight: Annotated[float, typer.Option(help="Weight of the codebook diversity loss.")] = PretrainConfig.diversity_weight,
+    gumbel_decay: Annotated[float, typer.Option(help="Per-update Gumbel temperature factor (2.0 -> 0.5).")] = PretrainConfig.gumbel_decay,
+    gumbel_min_at_step: Annotated[int | None, typer.Option(help="Reach the minimum temperature at this update (overrides --gumbel-decay).")] = PretrainConfig.gumbel_min_at_step,
+    split: Annotated[list[str], typer.Option(help="Split(s) of a prepared dataset to read (repeatable).")] = list(PretrainConfig.splits),  # noqa: B006 - typer copies it
+    freeze_feature_encoder: Annotated[bool, typer.Option(help="Keep the conv front end fixed (faster on CPU).")] = PretrainConfig.freeze_feature_encoder,
+    save_every: Annotated[int, typer.Option(help="Updates between resumable checkpoints (0 = none).", min=0)] = PretrainConfig.save_every,
+    max_minutes: Annotated[float, typer.Option(help="Stop after this many wall-clock minutes (0 = no limit).", min=0)] = PretrainConfig.max_minutes,
+    seed: Annotated[int, typer.Option(help="Seed of data order, masks, negatives and Gumbel noise.")] = PretrainConfig.seed,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard scalars to OUT/runs.")] = PretrainConfig.tensorboard,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest OUT/checkpoint-<step> (schedule included).")] = _PRETRAIN["resume"],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = _PRETRAIN["allow_pickle"],
 ) -> None:
     """Continue wav2vec 2.0 self-supervised pretraining on unlabeled audio."""
-    from lrl.train.pretrain import PretrainConfig, run_pretraining
-
     cfg = PretrainConfig(
         max_steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=lr, warmup_steps=warmup,
         max_seconds=max_seconds, min_seconds=min_seconds, mask_time_prob=mask_prob, mask_time_length=mask_length,
@@ -557,7 +561,7 @@ def pretrain(
     )
     if not resume and (model is None) == (fresh is None):
         raise typer.BadParameter("give --model CKPT or --fresh tiny-test|tiny-small (or --resume)")
-    r = run_pretraining(
+    r = _run_pretraining(
         audio, out, cfg, model=model, fresh=fresh.value if fresh else None, resume=resume, allow_pickle=allow_pickle
     )
     i = r.inputs
@@ -580,24 +584,21 @@ def pretrain(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = EvaluateConfig.split,
     lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model if tuned/installed).", exists=True)] = None,
-    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = False,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = not _EVALUATE["use_lm"],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir for utterances.tsv and summary.json (default MODEL/eval-SPLIT).")] = None,
-    max_utterances: Annotated[int | None, typer.Option(help="Only the first N utterances.", min=1)] = None,
-    batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = 60.0,
-    cache: Annotated[bool, typer.Option(help="Reuse/keep log-probs in DATA/.lrl-cache/logits.")] = True,
-    workers: Annotated[int, typer.Option(help="LM decoding processes (0 = all cores).", min=0)] = 0,
-    chunk_seconds: Annotated[float, typer.Option(help="Clips longer than this are run in overlapping chunks of this many seconds.")] = 20.0,
-    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = 2.0,
+    max_utterances: Annotated[int | None, typer.Option(help="Only the first N utterances.", min=1)] = EvaluateConfig.max_utterances,
+    batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = EvaluateConfig.batch_seconds,
+    cache: Annotated[bool, typer.Option(help="Reuse/keep log-probs in DATA/.lrl-cache/logits.")] = EvaluateConfig.cache,
+    workers: Annotated[int, typer.Option(help="LM decoding processes (0 = all cores).", min=0)] = EvaluateConfig.lm_workers,
+    chunk_seconds: Annotated[float, typer.Option(help="Clips longer than this are run in overlapping chunks of this many seconds.")] = EvaluateConfig.chunk_seconds,
+    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = EvaluateConfig.stride_seconds,
 ) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM; rows not scored are counted with their reason."""
-    from lrl.evaluate.scoring import EvaluateConfig
-    from lrl.evaluate.scoring import evaluate as run_evaluate
-
     cfg = EvaluateConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
                          chunk_seconds=chunk_seconds, stride_seconds=stride_seconds)
-    r = run_evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
+    r = _evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
     typer.echo(r.counts() + ("; log-probs from the cache" if r.cached else ""))
     if r.decoder:
         typer.echo(f"LM {r.decoder['lm']} alpha={r.decoder['alpha']:g} beta={r.decoder['beta']:g} beam={r.decoder['beam_width']}")
@@ -611,44 +612,36 @@ def transcribe(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     audio: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).", exists=True)],
     lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
-    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = False,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding only.")] = not TranscribeConfig.use_lm,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file, with word timestamps.")] = False,
-    chunk_seconds: Annotated[float, typer.Option(help="Long audio is decoded in chunks of this many seconds.")] = 20.0,
-    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = 2.0,
+    chunk_seconds: Annotated[float, typer.Option(help="Long audio is decoded in chunks of this many seconds.")] = TranscribeConfig.chunk_seconds,
+    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = TranscribeConfig.stride_seconds,
 ) -> None:
     """Transcribe audio files or folders."""
     import json
 
-    from lrl.evaluate.transcribe import TranscribeConfig
-    from lrl.evaluate.transcribe import transcribe as run_transcribe
-
     cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm)
-    for t in run_transcribe(model, audio, cfg, lm=lm):
+    for t in _transcribe(model, audio, cfg, lm=lm):
         typer.echo(json.dumps(t.to_dict(), ensure_ascii=False) if json_out else f"{t.path}\t{t.text}")
-
-
-class DemoStart(str, Enum):
-    xl_tiny = "xl-tiny"
-    scratch = "scratch"
 
 
 @app.command()
 @_user_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path("demo-out"),
-    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates (a fixed count: a busy machine takes longer, with the same result).", min=1)] = 1500,
-    start: Annotated[DemoStart, typer.Option(help="xl-tiny: the shipped cross-lingual start (head rows transferred); scratch: a random tiny model.")] = DemoStart.xl_tiny,
-    pretrain_steps: Annotated[int, typer.Option(help="Self-supervised updates on the training audio before fine-tuning (0 = skip).", min=0)] = 0,
-    n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = 600,
-    seed: Annotated[int, typer.Option(help="Seed of corpus, model and training.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where every artefact of the demo goes.")] = Path(DemoConfig.out),
+    train_steps: Annotated[int, typer.Option(help="CTC fine-tuning updates (a fixed count: a busy machine takes longer, with the same result).", min=1)] = DemoConfig.train_steps,
+    start: Annotated[DemoStartOpt, typer.Option(help="xl-tiny: the shipped cross-lingual start (head rows transferred); scratch: a random tiny model.")] = DemoStartOpt(DemoConfig.start),
+    pretrain_steps: Annotated[int, typer.Option(help="Self-supervised updates on the training audio before fine-tuning (0 = skip).", min=0)] = DemoConfig.pretrain_steps,
+    n_train: Annotated[int, typer.Option(help="Synthesised training utterances.", min=1)] = DemoConfig.n_train,
+    seed: Annotated[int, typer.Option(help="Seed of corpus, model and training.")] = DemoConfig.seed,
 ) -> None:
     """The whole path on a Swahili corpus lrl synthesises with espeak-ng (no data to download):
     vocab -> data -> augment -> (pretrain) -> train from the shipped cross-lingual start -> LM -> tune ->
     evaluate, then a results table."""
-    from lrl.demo import DemoConfig, rerun_commands, run_demo
+    from lrl.demo import rerun_commands, run_demo
 
     cfg = DemoConfig(out=str(out), train_steps=train_steps,
-                     pretrain_steps=pretrain_steps, n_train=n_train, seed=seed, start=DemoStart(start).value)
+                     pretrain_steps=pretrain_steps, n_train=n_train, seed=seed, start=DemoStartOpt(start).value)
     res = run_demo(cfg, say=typer.echo)
     typer.echo(f"\nResults on the synthesised test set ({res.n_test} sentences unseen in training and LM text):\n")
     typer.echo(res.eval_table)

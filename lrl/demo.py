@@ -13,10 +13,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from lrl.core.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+DemoStart = Literal["xl-tiny", "scratch"]  # the shipped cross-lingual start, or a random tiny model
 
 # torch threads for the demo's training: 2 (the cores of the machines lrl is built on), fewer only when the
 # process may not use 2 CPUs. With OMP_WAIT_POLICY=PASSIVE (set by the CLI) 2 threads still share the cores
@@ -30,7 +33,7 @@ class DemoConfig:
     n_train: int = 600  # synthesised training utterances (~3 s each)
     n_dev: int = 60  # dev utterances (alpha/beta tuning, checkpoint choice)
     n_test: int = 80  # test utterances (the reported WER/CER)
-    start: str = "xl-tiny"  # the shipped cross-lingual start (Swahili not among its languages), or "scratch"
+    start: DemoStart = "xl-tiny"  # the shipped cross-lingual start (Swahili not among its languages), or "scratch"
     pretrain_steps: int = 0  # self-supervised updates on the training audio before fine-tuning (0 = skip)
     train_steps: int = 1500  # CTC fine-tuning updates (~16 s of audio each; ~0.2 s each on 2 idle cores); a fixed
     # count, not a time budget, so that a busy machine gets the same model, only later
@@ -41,8 +44,8 @@ class DemoConfig:
         for f in ("n_train", "n_dev", "n_test", "train_steps", "lm_order"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
-        if self.start not in ("xl-tiny", "scratch"):
-            raise ValueError(f"start must be 'xl-tiny' or 'scratch', got {self.start!r}")
+        if self.start not in get_args(DemoStart):
+            raise ValueError(f"start must be one of {list(get_args(DemoStart))}, got {self.start!r}")
         if self.pretrain_steps < 0:
             raise ValueError(f"pretrain_steps must be >= 0, got {self.pretrain_steps}")
 

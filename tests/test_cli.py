@@ -22,6 +22,13 @@ def test_help_is_instant_and_imports_no_torch():
     assert time.perf_counter() - t0 < 5
 
 
+def test_package_surface_loads_lazily_without_torch():
+    code = ("import sys, lrl; assert 'torch' not in sys.modules; "
+            "[getattr(lrl, n) for n in lrl.__all__]; print('torch' in sys.modules, lrl.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "0.1.0"]
+
+
 def test_doctor_reports_tools(cli):
     r = cli("doctor")
     for name in ("torch", "transformers", "datasets", "ffmpeg", "lmplz", "build_binary", "kenlm", "pyctcdecode"):
@@ -65,3 +72,127 @@ def test_data_card_lands_inside_the_output_unless_card_dir_says_otherwise(yo_cv,
     r = cli("data", "prepare", src, "--out", out, "--card-dir", tmp_path / "cards")
     assert r.exit_code == 0 and "reused" in r.output
     assert (tmp_path / "cards" / f"{src.name}.md").is_file() and (tmp_path / "cards" / f"{src.name}_durations.png").is_file()
+
+
+# ------------------------------------------------------------------------------------ defaults in sync
+def _ints(text):
+    return tuple(int(x) for x in text.split(",")) if text else ()
+
+
+def _floats(text):
+    return tuple(float(x) for x in text.split(","))
+
+
+def _config_sources():
+    """Command -> (where its defaults live: config dataclasses and library functions, in order; option name ->
+    field name, or (field name, how the option's default becomes the field's value))."""
+    from lrl.augment.preview import preview
+    from lrl.core.text import NormalizerConfig
+    from lrl.data.prepare import PrepareConfig
+    from lrl.data.vocab import VocabBuildConfig
+    from lrl.decode.lm import LMBuildConfig
+    from lrl.demo import DemoConfig
+    from lrl.evaluate.scoring import EvaluateConfig
+    from lrl.evaluate.scoring import evaluate as run_evaluate
+    from lrl.evaluate.transcribe import TranscribeConfig
+    from lrl.evaluate.tuning import TuneConfig, tune
+    from lrl.models.checkpoints import init_tiny, load_for_ctc
+    from lrl.train.batching import find_max_seconds
+    from lrl.train.build_start import StartConfig
+    from lrl.train.pretrain import PretrainConfig, run_pretraining
+
+    def negated(field):
+        return (field, lambda v: not v)
+
+    return {
+        "vocab build": ([NormalizerConfig, VocabBuildConfig], {}),
+        "data prepare": ([PrepareConfig], {"splits": ("splits", lambda v: tuple(v.split(",")))}),
+        "augment preview": ([preview], {}),
+        "train init-tiny": ([init_tiny], {}),
+        "train build-start": ([StartConfig], {"per_language": "n_per_language", "fp32": negated("half")}),
+        "train find-batch": ([find_max_seconds, load_for_ctc], {}),
+        "lm build": ([LMBuildConfig], {"prune": ("prune", _ints)}),
+        "lm tune": ([TuneConfig, tune], {"alphas": ("alphas", _floats), "betas": ("betas", _floats),
+                                          "beam_widths": ("beam_widths", lambda v: tuple(map(int, _ints(v))))}),
+        "pretrain": ([PretrainConfig, run_pretraining], {
+            "steps": "max_steps", "lr": "learning_rate", "warmup": "warmup_steps", "mask_prob": "mask_time_prob",
+            "mask_length": "mask_time_length", "negatives": "num_negatives", "split": "splits"}),
+        "evaluate": ([EvaluateConfig, run_evaluate], {"workers": "lm_workers", "no_lm": negated("use_lm")}),
+        "transcribe": ([TranscribeConfig], {"no_lm": negated("use_lm")}),
+        "demo": ([DemoConfig], {}),
+    }
+
+
+# Options with a default that belongs to the command itself (what to print or write), not to a library call.
+CLI_ONLY = {
+    "data prepare": {"card"},  # write a data card after preparing
+    "augment preview": {"preset", "specaugment"},  # which presets the preview shows (preview takes configs)
+    "train find-batch": {"vocab_size"},  # the CTC head the memory is measured with
+    "transcribe": {"json_out"},  # output format
+}
+NO_CONFIG = {"doctor", "vocab audit", "data card", "augment presets", "train run", "train config"}
+
+
+def _commands():
+    """(name, callback) of every command of the app, sub-apps included ("lm build")."""
+    from typer.main import get_command_name
+
+    def walk(typer_app, prefix):
+        for c in typer_app.registered_commands:
+            yield (prefix + (c.name or get_command_name(c.callback.__name__))).strip(), c.callback
+        for g in typer_app.registered_groups:
+            yield from walk(g.typer_instance, f"{prefix}{g.name} ")
+
+    return list(walk(app, ""))
+
+
+def _source_defaults(source):
+    import dataclasses
+    import inspect
+
+    if dataclasses.is_dataclass(source):
+        return {f.name: f.default for f in dataclasses.fields(source) if f.default is not dataclasses.MISSING}
+    return {n: p.default for n, p in inspect.signature(source).parameters.items() if p.default is not p.empty}
+
+
+def _plain(value):
+    from enum import Enum
+    from pathlib import Path
+
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def test_every_option_default_is_the_library_default():
+    """Each option of a command that builds a config (or calls a library function) defaults to that config
+    field's (or argument's) default: the CLI reads them, this test catches a copy that drifts."""
+    import inspect
+
+    sources = _config_sources()
+    commands = dict(_commands())
+    assert set(commands) == set(sources) | NO_CONFIG, "classify a new command in _config_sources or NO_CONFIG"
+    checked, problems = 0, []
+    for name, (objs, renames) in sources.items():
+        library = {}
+        for obj in reversed(objs):  # the first source wins
+            library.update(_source_defaults(obj))
+        for param, p in inspect.signature(commands[name]).parameters.items():
+            if p.default is inspect.Parameter.empty or param in CLI_ONLY.get(name, ()):
+                continue
+            field, convert = renames.get(param, param), _plain
+            if isinstance(field, tuple):
+                field, convert = field
+            if field not in library:
+                if p.default is not None:  # None: an optional input such as --lm, not a setting
+                    problems.append(f"lrl {name} --{param}: {p.default!r} but no library default (CLI_ONLY?)")
+                continue
+            if convert(_plain(p.default)) != _plain(library[field]):
+                problems.append(f"lrl {name} --{param}: {p.default!r}, library {field}={library[field]!r}")
+            checked += 1
+    assert not problems, "\n".join(problems)
+    assert checked >= 60, checked

@@ -356,26 +356,6 @@ def test_cli_pretrain(cli, clips, tmp_path):
     assert "Traceback" not in again.output
 
 
-def test_cli_defaults_match_the_config():
-    import inspect
-
-    from lrl.cli import pretrain
-
-    params = inspect.signature(pretrain).parameters
-    c = PretrainConfig()
-    pairs = {
-        "steps": c.max_steps, "batch_size": c.batch_size, "grad_accum": c.grad_accum, "lr": c.learning_rate,
-        "warmup": c.warmup_steps, "max_seconds": c.max_seconds, "min_seconds": c.min_seconds,
-        "mask_prob": c.mask_time_prob, "mask_length": c.mask_time_length, "negatives": c.num_negatives,
-        "diversity_weight": c.diversity_weight, "gumbel_decay": c.gumbel_decay,
-        "gumbel_min_at_step": c.gumbel_min_at_step, "split": list(c.splits), "seed": c.seed,
-        "save_every": c.save_every, "freeze_feature_encoder": c.freeze_feature_encoder,
-        "tensorboard": c.tensorboard,
-    }
-    for name, default in pairs.items():
-        assert params[name].default == default, name
-
-
 # ----------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_pretrained_output_starts_lrl_train_without_weight_warnings(clips, tmp_path, caplog):

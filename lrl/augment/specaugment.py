@@ -9,13 +9,14 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from lrl.augment.wave import _check_p
 
 logger = logging.getLogger(__name__)
 
-SPEC_PRESETS = ("none", "hf-default", "10min", "low-resource", "medium")
+SpecPreset = Literal["none", "hf-default", "10min", "low-resource", "medium"]
+SPEC_PRESETS: tuple[str, ...] = get_args(SpecPreset)
 
 
 @dataclass(frozen=True)

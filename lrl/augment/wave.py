@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -191,7 +191,8 @@ _TRANSFORMS: dict[str, type] = {
     "background": BackgroundNoiseConfig, "noise": NoiseConfig, "band_stop": BandStopConfig,
     "low_pass": LowPassConfig, "mp3": Mp3Config, "gain": GainConfig,
 }
-WAVE_PRESETS = ("none", "light", "strong")
+WavePreset = Literal["none", "light", "strong"]
+WAVE_PRESETS: tuple[str, ...] = get_args(WavePreset)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import json
 import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 NORMALIZER_FILE = "normalizer.json"
 
@@ -48,10 +48,10 @@ class NormalizerConfig:
     digits: DigitPolicy = "keep"  # keep digits / drop the utterance / raise DigitsInText
 
     def __post_init__(self) -> None:
-        if self.unicode_form not in ("NFC", "NFKC", "NFD", "NFKD"):
-            raise ValueError(f"unicode_form must be NFC, NFKC, NFD or NFKD, got {self.unicode_form!r}")
-        if self.digits not in ("keep", "drop", "error"):
-            raise ValueError(f"digits must be 'keep', 'drop' or 'error', got {self.digits!r}")
+        if self.unicode_form not in get_args(UnicodeForm):
+            raise ValueError(f"unicode_form must be one of {list(get_args(UnicodeForm))}, got {self.unicode_form!r}")
+        if self.digits not in get_args(DigitPolicy):
+            raise ValueError(f"digits must be one of {list(get_args(DigitPolicy))}, got {self.digits!r}")
         if len(self.apostrophe) != 1:
             raise ValueError(f"apostrophe must be one character, got {self.apostrophe!r}")
         if self.language is not None and not self.language.replace("-", "").replace("_", "").isalnum():

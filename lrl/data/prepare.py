@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from lrl.core import hf_datasets
 from lrl.core.audio import AudioError, load_audio
@@ -79,8 +79,8 @@ class PrepareConfig:
             )
         if self.max_chars_per_second <= 0:
             raise ValueError(f"max_chars_per_second must be > 0, got {self.max_chars_per_second}")
-        if self.oov not in ("drop", "unk"):
-            raise ValueError(f"oov must be 'drop' or 'unk', got {self.oov!r}")
+        if self.oov not in get_args(OovPolicy):
+            raise ValueError(f"oov must be one of {list(get_args(OovPolicy))}, got {self.oov!r}")
         if self.num_proc < 1:
             raise ValueError(f"num_proc must be >= 1, got {self.num_proc}")
 

@@ -11,7 +11,7 @@ import json
 import logging
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -199,23 +199,31 @@ class CharStats:
     dropped_digits: int = 0
 
 
-def count_chars(sentences: Iterable[str], normalizer: Normalizer, n_examples: int = 3) -> CharStats:
-    stats = CharStats()
-    for raw in sentences:
-        stats.sentences += 1
+def normalize_lines(lines: Iterable[str], normalizer: Normalizer, counts: Counter) -> Iterator[str]:
+    """The non-empty normalised `lines`; `counts` gets "read", "digits" (dropped by the normaliser's digit
+    policy) and "empty" (nothing left after normalising)."""
+    for raw in lines:
+        counts["read"] += 1
         text = normalizer(raw)
         if text is None:
-            stats.dropped_digits += 1
-            continue
-        if not text:
-            stats.empty += 1
-            continue
+            counts["digits"] += 1
+        elif not text:
+            counts["empty"] += 1
+        else:
+            yield text
+
+
+def count_chars(sentences: Iterable[str], normalizer: Normalizer, n_examples: int = 3) -> CharStats:
+    stats = CharStats()
+    seen: Counter = Counter()
+    for text in normalize_lines(sentences, normalizer, seen):
         for word in text.split(" "):
             for ch in set(word):
                 ex = stats.examples[ch]
                 if len(ex) < n_examples and word not in ex:
                     ex.append(word)
         stats.counts.update(text.replace(" ", ""))
+    stats.sentences, stats.dropped_digits, stats.empty = seen["read"], seen["digits"], seen["empty"]
     return stats
 
 

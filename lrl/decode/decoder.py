@@ -17,15 +17,19 @@ import numpy as np
 
 from lrl.core.io import LrlError, atomic_write_text
 from lrl.data.vocab import Vocab
+from lrl.decode.constants import (
+    DEFAULT_ALPHA,
+    DEFAULT_BEAM_WIDTH,
+    DEFAULT_BETA,
+    DEFAULT_MIN_TOKEN_LOGP,
+    DEFAULT_PRUNE_LOGP,
+    DEFAULT_UNK_SCORE_OFFSET,
+    MIN_TOKEN_CLIP_P,
+)
 
 logger = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.json"  # lrl's record of the tuned decoder beside a model
-# pyctcdecode's defaults (pyctcdecode/constants.py), named here so lrl does not depend on their import.
-DEFAULT_BEAM_WIDTH = 100
-DEFAULT_PRUNE_LOGP = -10.0
-DEFAULT_MIN_TOKEN_LOGP = -5.0
-MIN_TOKEN_CLIP_P = 1e-15  # pyctcdecode clips probabilities here before taking logs
 
 
 def available_cores() -> int:
@@ -39,10 +43,10 @@ def available_cores() -> int:
 class DecoderConfig:
     """Beam-search settings. alpha/beta/unk_score_offset/score_boundary are pyctcdecode's LM attributes."""
 
-    alpha: float = 0.5  # LM weight (pyctcdecode default; `lrl lm tune` finds yours)
-    beta: float = 1.5  # word insertion bonus, natural-log units per word
+    alpha: float = DEFAULT_ALPHA  # LM weight (pyctcdecode default; `lrl lm tune` finds yours)
+    beta: float = DEFAULT_BETA  # word insertion bonus, natural-log units per word
     beam_width: int = DEFAULT_BEAM_WIDTH  # beams kept per frame
-    unk_score_offset: float = -10.0  # log-score added to words outside the LM's unigrams
+    unk_score_offset: float = DEFAULT_UNK_SCORE_OFFSET  # log-score added to words outside the LM's unigrams
     score_boundary: bool = True  # score <s> ... </s> sentence boundaries with the LM
     beam_prune_logp: float = DEFAULT_PRUNE_LOGP  # beams this far (log) below the best are dropped
     token_min_logp: float = DEFAULT_MIN_TOKEN_LOGP  # tokens below this log-prob are not expanded (unless argmax)

@@ -18,11 +18,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from lrl.core.io import LrlError, atomic_write_text
 from lrl.core.text import Normalizer, char_display, char_name
-from lrl.data.vocab import Vocab, read_transcripts
+from lrl.data.vocab import Vocab, normalize_lines, read_transcripts
+from lrl.decode.constants import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_UNK_SCORE_OFFSET
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ REPORT_FILE = "lm_build.json"
 CORPUS_FILE = "corpus.txt"
 ARPA_FILE = "lm.arpa"
 KENLM_LOG = "kenlm.log"  # lmplz/build_binary's own progress output (stderr), kept out of the terminal
-# pyctcdecode's own defaults (pyctcdecode/constants.py): the starting point that `lrl lm tune` improves on.
-DEFAULT_ALPHA = 0.5
-DEFAULT_BETA = 1.5
-DEFAULT_UNK_SCORE_OFFSET = -10.0
 KENLM_MAX_ORDER = 6  # lmplz/build_binary are compiled with KENLM_MAX_ORDER=6 by default
 SETUP_HINT = (
     "run `bash scripts/setup.sh` (it builds lmplz and build_binary from the kenlm sdist into .venv/bin), "
@@ -50,7 +47,7 @@ SPECIAL_WORDS = ("<s>", "</s>", "<unk>")
 
 BinaryType = Literal["probing", "trie", "none"]
 OOVPolicy = Literal["drop", "strip-marks"]
-OOV_POLICIES: tuple[OOVPolicy, ...] = ("drop", "strip-marks")
+OOV_POLICIES: tuple[OOVPolicy, ...] = get_args(OOVPolicy)
 # Above this share of LM sentences dropped for characters outside the vocabulary, the drop is a warning
 # (with the policy that would keep more); below it, info. A few percent of foreign names, loanwords and
 # stray symbols is normal in web/CV text; more means the text and the vocabulary disagree on a convention
@@ -90,12 +87,12 @@ class LMBuildConfig:
                 raise ValueError(f"prune must start with 0 (unigrams cannot be pruned), got {self.prune}")
             if any(b < a for a, b in zip(self.prune, self.prune[1:], strict=False)) or min(self.prune) < 0:
                 raise ValueError(f"prune thresholds must be >= 0 and non-decreasing, got {self.prune}")
-        if self.binary not in ("probing", "trie", "none"):
-            raise ValueError(f"binary must be 'probing', 'trie' or 'none', got {self.binary!r}")
+        if self.binary not in get_args(BinaryType):
+            raise ValueError(f"binary must be one of {list(get_args(BinaryType))}, got {self.binary!r}")
         if self.binary == "none" and not self.keep_arpa:
             raise ValueError("binary='none' needs keep_arpa=True (the ARPA file is then the model)")
         if self.oov not in OOV_POLICIES:
-            raise ValueError(f"oov must be 'drop' or 'strip-marks', got {self.oov!r}")
+            raise ValueError(f"oov must be one of {list(OOV_POLICIES)}, got {self.oov!r}")
         if self.min_word_count < 1:
             raise ValueError(f"min_word_count must be >= 1, got {self.min_word_count}")
         m = self.memory.strip()
@@ -152,15 +149,8 @@ def prepare_text(
     held = {t for t in (norm(s) for s in heldout) if t} - excl
     out = LMText()
     known = set(vocab.chars) | {" "}
-    for raw in lines:
-        out.read += 1
-        text = norm(raw)
-        if text is None:
-            out.digits += 1
-            continue
-        if not text:
-            out.empty += 1
-            continue
+    seen: Counter = Counter()
+    for text in normalize_lines(lines, norm, seen):
         bad = [ch for ch in text if ch not in known]
         stripped = _strip_marks(text, known) if bad else text
         strip_bad = [ch for ch in stripped if ch not in known] if bad else []
@@ -185,6 +175,7 @@ def prepare_text(
             if len(out.overlap_examples) < 5:
                 out.overlap_examples.append(text)
         out.sentences.append(text)
+    out.read, out.digits, out.empty = seen["read"], seen["digits"], seen["empty"]
     return out
 
 

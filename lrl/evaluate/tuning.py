@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lrl.core.io import LrlError, atomic_write_text
+from lrl.decode.constants import DEFAULT_ALPHA, DEFAULT_BETA
 from lrl.evaluate.inference import split_log_probs, warn_if_flat
 from lrl.evaluate.scoring import EvaluateConfig, score
 
@@ -115,11 +116,11 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
             return decoder.map_pool(_tune_point, tasks, workers=config.workers)
 
         coarse_pts = [(a, b, config.grid_beam) for b in config.betas for a in config.alphas]
-        default_pt = (0.5, 1.5, config.grid_beam)
+        default_pt = (DEFAULT_ALPHA, DEFAULT_BETA, config.grid_beam)
         todo = coarse_pts + ([default_pt] if default_pt not in coarse_pts else [])
         done = run(todo)
         coarse = done[: len(coarse_pts)]
-        default = next(p for p in done if (p.alpha, p.beta) == (0.5, 1.5))
+        default = next(p for p in done if (p.alpha, p.beta) == (DEFAULT_ALPHA, DEFAULT_BETA))
         best = _best(coarse)
         fine: list[TunePoint] = []
         if config.refine:
@@ -178,7 +179,7 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
             ax.plot(c + 0.32, r + 0.3, marker="*", color="red", markersize=12, markeredgecolor="white")
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
         fig.colorbar(im, ax=ax, label="WER %")
-    fig.suptitle(title or (f"greedy {result.greedy_wer:.1%} | defaults (0.5, 1.5) {result.default.wer:.1%} | "
+    fig.suptitle(title or (f"greedy {result.greedy_wer:.1%} | defaults ({DEFAULT_ALPHA:g}, {DEFAULT_BETA:g}) {result.default.wer:.1%} | "
                            f"best {result.best.wer:.1%} at alpha={result.best.alpha:g}, beta={result.best.beta:g}, "
                            f"beam {result.best.beam_width}"), fontsize=10)
     fig.tight_layout()

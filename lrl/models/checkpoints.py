@@ -33,8 +33,8 @@ def resolve_checkpoint(name: str | Path) -> str:
 
 TinySize = Literal["test", "small"]
 
-# "small": the 2.5M-parameter shape that trained best from scratch on this CPU (ENV-NOTES): a 4-layer
-# conv front end with total stride 320 (20 ms frames at 16 kHz, like XLS-R's 7 layers), pre-LayerNorm
+# "small": the 2.5M-parameter shape that trained best from scratch on 2 AVX2 cores (../shared/ENV-NOTES.md): a
+# 4-layer conv front end with total stride 320 (20 ms frames at 16 kHz, like XLS-R's 7 layers), pre-LayerNorm
 # ("stable") Transformer as in XLS-R/MMS. "test": the same structure, as small as it gets, for unit tests.
 _TINY = {
     "test": dict(

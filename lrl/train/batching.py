@@ -17,7 +17,7 @@ from lrl.core.constants import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_SECONDS = 16.0  # ~16 s of audio per update trained best on this CPU (ENV-NOTES)
+DEFAULT_MAX_SECONDS = 16.0  # ~16 s of audio per update trained best on 2-core AVX2 CPUs (../shared/ENV-NOTES.md)
 MEMORY_FRACTION = 0.5  # the finder plans for this share of the available memory by default
 
 

@@ -8,8 +8,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from lrl.augment.specaugment import SPEC_PRESETS
+from lrl.augment.wave import WavePreset
 from lrl.core.io import LrlError, atomic_write_text
 from lrl.train.batching import BatchingConfig
 from lrl.train.freezing import FreezeConfig
@@ -17,7 +19,8 @@ from lrl.train.optim import LayerwiseLrConfig
 from lrl.train.recipes import AUTO, RECIPE_NAMES
 
 CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
-_SPEC_CHOICES = ("auto", "checkpoint", "none", "hf-default", "10min", "low-resource", "medium")
+_SPEC_CHOICES = ("auto", "checkpoint", *SPEC_PRESETS)  # model.spec_augment: the recipe's, the saved one, or a preset
+Precision = Literal["fp32", "fp16", "bf16"]  # TrainConfig.precision
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -30,7 +33,7 @@ class DataConfig:
     eval_split: str = "dev"  # split evaluated every `eval_steps` ("" = no evaluation)
     test_split: str = "test"  # split evaluated once at the end if present ("" = none)
     max_eval_clips: int = 0  # evaluate on at most this many dev clips (0 = all)
-    augment: str = "none"  # waveform augmentation preset of lrl.augment.wave: none, light, strong
+    augment: WavePreset = "none"  # waveform augmentation preset of lrl.augment.wave: none, light, strong
     num_workers: int = 0  # dataloader worker processes (each gets its own augmentation stream)
     cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.train.featcache)
     cache_max_gb: float = 4.0  # no cache when it would take more memory than this (GiB)
@@ -42,8 +45,8 @@ class DataConfig:
             raise ValueError("data.train_split must name a split, got ''")
         if self.max_eval_clips < 0:
             raise ValueError(f"data.max_eval_clips must be >= 0 (0 = all), got {self.max_eval_clips}")
-        if self.augment not in ("none", "light", "strong"):
-            raise ValueError(f"data.augment must be none, light or strong, got {self.augment!r}")
+        if self.augment not in get_args(WavePreset):
+            raise ValueError(f"data.augment must be one of {list(get_args(WavePreset))}, got {self.augment!r}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
@@ -158,7 +161,7 @@ class TrainConfig:
     recipe: str = AUTO  # fills the "auto" keys (lr, warm-up, conv freezing, SpecAugment): auto (from the start's size and
     # the hours of data), small-start, scratch, large, adapter or hf-example; explicit keys always win (lrl.train.recipes)
     seed: int = 0  # model init, shuffling, augmentation
-    precision: str = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; on this CPU bf16 is slower)
+    precision: Precision = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; bf16 is slower on AVX2-only CPUs: ../shared/ENV-NOTES.md)
     resume: bool = False  # continue from the last checkpoint in output_dir
     threads: int = 0  # torch CPU threads per process (0 = automatic, lrl.core.cpu.choose_threads: the CPUs other
     # processes leave free, at most torch's default; an explicit count always wins)
@@ -178,8 +181,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
         if self.recipe not in RECIPE_NAMES:
             raise ValueError(f"recipe must be one of {list(RECIPE_NAMES)}, got {self.recipe!r}")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {list(get_args(Precision))}, got {self.precision!r}")
         if self.model.adapter_lang and not self.freeze.adapters:
             object.__setattr__(self, "freeze", dataclasses.replace(self.freeze, adapters=True))
 

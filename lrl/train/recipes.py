@@ -33,7 +33,7 @@ RECIPES: dict[str, Recipe] = {
     # bench/lowres arm c (xl-tiny + head transfer, yo-cv, 2050 updates): 42.8% test CER, against 61.2%
     # with HF's example settings (arm e) and 77.7% with lr 1e-4 / warm-up 500 at 2000 updates.
     "small-start": Recipe(5e-4, 30, True, "hf-default", "bench/lowres arm c: a small trained start, high LR, short warm-up"),
-    # a random or self-supervised-only tiny model on CPU (ENV-NOTES calibration, bench/lowres arms a, b):
+    # a random or self-supervised-only tiny model on CPU (../shared/ENV-NOTES.md 2-core runs, bench/lowres a, b):
     # updates beat batch size, a high peak LR with a short warm-up, and the conv front end trained too.
     "scratch": Recipe(1.5e-3, 30, False, "hf-default", "ENV-NOTES / bench/lowres arm a: a random tiny model"),
     # XLS-R / MMS-sized checkpoints: HF's XLS-R fine-tuning recipe (run_speech_recognition_ctc.py README,
