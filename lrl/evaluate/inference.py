@@ -19,6 +19,7 @@ import numpy as np
 from lrl.core.batching import pack_batches
 from lrl.core.cpu import set_torch_threads
 from lrl.core.io import LrlError, atomic_write_bytes
+from lrl.models.checkpoints import PICKLE_WEIGHTS, SAFE_WEIGHTS
 
 if TYPE_CHECKING:
     from lrl.evaluate.scoring import EvaluateConfig
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".lrl-cache/logits"  # under the prepared dataset directory
 CACHE_VERSION = 1  # bump when the cached arrays change meaning
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = SAFE_WEIGHTS + PICKLE_WEIGHTS  # the first one present fingerprints the model
 CHUNK_SECONDS = 20.0  # audio per forward pass of long clips (= the default longest training clip)
 STRIDE_SECONDS = 2.0  # context on each side of a chunk whose frames are dropped when merging
 
