@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".lrl-cache/logits"  # under the prepared dataset directory
 CACHE_VERSION = 1  # bump when the cached arrays change meaning
-WEIGHT_FILES = SAFE_WEIGHTS + PICKLE_WEIGHTS  # the first one present fingerprints the model
+WEIGHT_FILES = (SAFE_WEIGHTS[0], PICKLE_WEIGHTS[0])  # single-file weights (a shard index would not fingerprint its shards)
 CHUNK_SECONDS = 20.0  # audio per forward pass of long clips (= the default longest training clip)
 STRIDE_SECONDS = 2.0  # context on each side of a chunk whose frames are dropped when merging
 
