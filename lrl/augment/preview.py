@@ -78,9 +78,9 @@ def preview(
 def _preview_specaugment(x: np.ndarray, path: Path, spec: SpecAugmentConfig, model_config, seed: int, label: str,
                          draws: int = 3) -> Path:
     from transformers import Wav2Vec2Config
-    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
     from lrl.core import plots
+    from lrl.core.hf_transformers import compute_mask_indices
 
     model_config = model_config or Wav2Vec2Config()
     frames = feature_frames(len(x), model_config)
@@ -91,11 +91,11 @@ def _preview_specaugment(x: np.ndarray, path: Path, spec: SpecAugmentConfig, mod
     with seeded_global_rngs(np.random.default_rng(seed)):
         for d in range(draws):
             if fitted.mask_time_prob > 0:
-                time_masks[d] = _compute_mask_indices((1, frames), fitted.mask_time_prob, fitted.mask_time_length,
-                                                      min_masks=fitted.mask_time_min_masks)[0]
+                time_masks[d] = compute_mask_indices((1, frames), fitted.mask_time_prob, fitted.mask_time_length,
+                                                     min_masks=fitted.mask_time_min_masks)[0]
             if fitted.mask_feature_prob > 0:
-                feature_masks[d] = _compute_mask_indices((1, hidden), fitted.mask_feature_prob, fitted.mask_feature_length,
-                                                         min_masks=fitted.mask_feature_min_masks)[0]
+                feature_masks[d] = compute_mask_indices((1, hidden), fitted.mask_feature_prob, fitted.mask_feature_length,
+                                                        min_masks=fitted.mask_feature_min_masks)[0]
     frame_seconds = float(np.prod(model_config.conv_stride)) / SAMPLE_RATE
     k = fitted.to_model_kwargs()
     title = (f"{label}: SpecAugment '{spec.name}' over {frames} frames x {hidden} channels\ntime p={k['mask_time_prob']} "

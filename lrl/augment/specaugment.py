@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from lrl.augment.wave import _check_p
+from lrl.core.hf_transformers import conv_output_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -123,14 +124,9 @@ class SpecAugmentConfig:
 
 
 def feature_frames(num_samples: int, model_config) -> int:
-    """Encoder frames for a clip of `num_samples` (conv output-length formula; as
-    `Wav2Vec2Model._get_feat_extract_output_lengths`, without an adapter)."""
-    n = int(num_samples)
-    for kernel, stride in zip(model_config.conv_kernel, model_config.conv_stride, strict=True):
-        n = (n - kernel) // stride + 1
-        if n <= 0:
-            return 0
-    return n
+    """Encoder frames for a clip of `num_samples` (the conv front end, without an adapter); 0 when the
+    clip is shorter than one frame."""
+    return max(0, int(conv_output_lengths(int(num_samples), model_config, add_adapter=False)))
 
 
 def min_samples_for_frames(frames: int, model_config) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from lrl.core.batching import pack_batches
 from lrl.core.cpu import set_torch_threads
+from lrl.core.hf_transformers import conv_output_lengths
 from lrl.core.io import LrlError, atomic_write_bytes
 from lrl.models.checkpoints import PICKLE_WEIGHTS, SAFE_WEIGHTS
 
@@ -72,7 +73,7 @@ class AcousticModel:
             with torch.inference_mode():
                 kwargs = {"attention_mask": feats["attention_mask"]} if len(idx) > 1 else {}
                 logits = self.model(feats["input_values"], **kwargs).logits
-                lengths = self.model._get_feat_extract_output_lengths(torch.tensor([len(waves[i]) for i in idx]))
+                lengths = conv_output_lengths(torch.tensor([len(waves[i]) for i in idx]), self.model.config)
                 logp = torch.log_softmax(logits.float(), dim=-1).numpy()
             for j, i in enumerate(idx):
                 out[i] = logp[j, : int(lengths[j])]

@@ -119,10 +119,12 @@ def _activation_bytes(model, seconds: float, batch_size: int, sample_rate: int) 
     """Bytes of tensors autograd saves for backward in one forward pass (the activation memory)."""
     import torch
 
+    from lrl.core.hf_transformers import conv_output_lengths
+
     n = max(1, int(seconds / batch_size * sample_rate))
     x = torch.randn(batch_size, n)
     with torch.no_grad():
-        frames = int(model._get_feat_extract_output_lengths(torch.tensor(n)))
+        frames = int(conv_output_lengths(n, model.config))
     labels = torch.randint(1, max(2, model.config.vocab_size), (batch_size, max(1, frames // 3)))
     seen: dict[int, int] = {}
 

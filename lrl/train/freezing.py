@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from lrl.core.hf_transformers import set_front_end_trainable
 from lrl.train.optim import BOTTOM, HEAD, param_unit
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,7 @@ def apply_freeze(model, units: frozenset[str]) -> tuple[int, int]:
         p.requires_grad_(on)
         total += p.numel()
         trainable += p.numel() if on else 0
-    fe = model.wav2vec2.feature_extractor
-    fe._requires_grad = any(u.startswith("conv.") for u in units)  # HF's own flag for the frozen front end
+    set_front_end_trainable(model, any(u.startswith("conv.") for u in units))  # HF's own flag for the frozen front end
     return trainable, total
 
 

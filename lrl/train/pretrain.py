@@ -25,6 +25,12 @@ from lrl.core.constants import (
     SAMPLE_RATE,
 )
 from lrl.core.hf_datasets import is_saved_dataset
+from lrl.core.hf_transformers import (
+    compute_mask_indices,
+    conv_output_lengths,
+    frame_attention_mask,
+    sample_negative_indices,
+)
 from lrl.core.io import LrlError, atomic_write_text, iter_files
 from lrl.train.run_dir import STATE_FILE, complete_checkpoints, prune_checkpoints
 
@@ -383,25 +389,24 @@ def _micro_indices(n_crops: int, batch_size: int, micro: int, seed: int) -> np.n
 
 
 def make_batch(net, fe, crops: Sequence[np.ndarray], config: PretrainConfig, seed: Sequence[int]) -> dict:
-    """Padded, normalised inputs plus transformers' `_compute_mask_indices` / `_sample_negative_indices`
+    """Padded, normalised inputs plus transformers' own time masks and negatives (lrl.core.hf_transformers)
     drawn from a NumPy state seeded with `seed` (the global state is restored afterwards)."""
     import torch
-    from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
 
     inputs = fe(
         list(crops), sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True, return_tensors="pt"
     )
     batch_size, n_samples = inputs["input_values"].shape
-    n_frames = int(net._get_feat_extract_output_lengths(n_samples))
-    frame_mask = net._get_feature_vector_attention_mask(n_frames, inputs["attention_mask"], add_adapter=False)
+    n_frames = int(conv_output_lengths(n_samples, net.config))
+    frame_mask = frame_attention_mask(n_frames, inputs["attention_mask"], net.config, add_adapter=False)
     state = np.random.get_state()
     try:
         np.random.seed([int(s) for s in seed])
-        mask = _compute_mask_indices(
+        mask = compute_mask_indices(
             (batch_size, n_frames), config.mask_time_prob, config.mask_time_length,
             attention_mask=frame_mask, min_masks=config.min_masks,
         )
-        negatives = _sample_negative_indices((batch_size, n_frames), config.num_negatives, mask_time_indices=mask)
+        negatives = sample_negative_indices((batch_size, n_frames), config.num_negatives, mask_time_indices=mask)
     finally:
         np.random.set_state(state)
     return {
@@ -552,7 +557,7 @@ def run_pretraining(
     spec_augment = _apply_pretraining_config(net, config)
     if config.freeze_feature_encoder:
         net.freeze_feature_encoder()
-    min_frames = int(net._get_feat_extract_output_lengths(int(config.min_seconds * SAMPLE_RATE)))
+    min_frames = int(conv_output_lengths(int(config.min_seconds * SAMPLE_RATE), net.config))
     if min_frames <= config.mask_time_length:
         raise ValueError(
             f"min_seconds={config.min_seconds} gives {min_frames} frames, not more than mask_time_length="

@@ -369,8 +369,10 @@ def save_adapter(model, out: Path, lang: str) -> Path:
     """Write the adapter weights + head as adapter.<lang>.safetensors (what Wav2Vec2ForCTC.load_adapter reads)."""
     from safetensors.torch import save_file
 
+    from lrl.core.hf_transformers import adapter_state_dict
+
     path = out / f"adapter.{lang}.safetensors"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model._get_adapters().items()}, str(path))
+    save_file({k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}, str(path))
     logger.info("wrote %s", path)
     return path
 
