@@ -51,13 +51,16 @@ def test_cached_features_give_the_same_loss_and_gradients_as_waveforms(tiny_ckpt
     raw = loss_and_grads(base([rows[i] for i in order]))
     cached_batch = CachedFeatureCollator(cache, base)([{"row": i, "text": rows[i]["text"]} for i in order])
     assert cached_batch["input_values"].dim() == 3
+    encoder, keys = model.wav2vec2.feature_extractor, list(model.state_dict())
     with cached_front_end(model):
         cached = loss_and_grads(cached_batch)
+        assert list(model.state_dict()) == keys  # a checkpoint saved meanwhile has the model's own keys
     assert cached[0] == pytest.approx(raw[0], rel=1e-5)
     assert len(cached[1]) == len(raw[1]) > 0
     for a, b in zip(cached[1], raw[1], strict=True):  # equal up to float rounding (batching differs in the build)
         assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-8  # (some are zero up to rounding)
     assert "forward" not in vars(model.wav2vec2.feature_extractor)  # the bypass is gone after the block
+    assert model.wav2vec2.feature_extractor is encoder
 
 
 @pytest.mark.parametrize(("kw", "match"), [

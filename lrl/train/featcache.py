@@ -3,7 +3,10 @@
 While the feature encoder is frozen and the waveform is not augmented, its output for a clip never
 changes (with the layer-normed front end of XLS-R/MMS; group norm depends on the batch's padding), yet on small models it is a large share of every step (38% for `tiny_config("small")` on CPU,
 bench/train.py). SpecAugment acts after it (on the projected features), so masking is unchanged; the
-conv stack has no dropout, so training mode gives the same features as evaluation mode."""
+conv stack has no dropout, so training mode gives the same features as evaluation mode.
+The cached features reach the model through `cached_front_end`, which swaps the model's feature encoder
+for a pass-through module for the duration of training (a plain `nn.Module` attribute swap, restored after).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+from lrl.core.batching import pack_batches
 
 logger = logging.getLogger(__name__)
 
@@ -64,36 +69,27 @@ def estimate_bytes(model_config, total_samples: int) -> int:
 def build_feature_cache(model, dataset, durations: list[float], collate, max_seconds: float = BUILD_SECONDS) -> FeatureCache:
     """Run the model's conv front end once over `dataset` (rows with "audio"; `collate` is the training
     collator without augmentation, so inputs are normalised exactly as in training) in length-sorted
-    batches of <= `max_seconds` padded audio, keeping each clip's valid frames."""
+    batches of <= `max_seconds` padded audio (`lrl.core.batching.pack_batches`), keeping each clip's valid frames."""
     import torch
+
+    from lrl.core.hf_transformers import conv_output_lengths
 
     t0 = time.perf_counter()
     fe = model.wav2vec2.feature_extractor
     device = next(model.parameters()).device
-    order = np.argsort(np.asarray(durations), kind="stable")
-    feats: list[np.ndarray | None] = [None] * len(order)
-    samples = np.zeros(len(order), dtype=np.int64)
-    batch: list[int] = []
-
-    def flush() -> None:
-        enc = collate([dataset[int(i)] for i in batch])
+    feats: list[np.ndarray | None] = [None] * len(durations)
+    samples = np.zeros(len(durations), dtype=np.int64)
+    for batch in pack_batches(durations, max_seconds):
+        enc = collate([dataset[i] for i in batch])
         lengths = enc["attention_mask"].sum(-1)
-        frames = model.wav2vec2._get_feat_extract_output_lengths(lengths, add_adapter=False)  # the conv stack's own
+        frames = conv_output_lengths(lengths, model.config, add_adapter=False)  # the conv stack's own
         with torch.no_grad():
             out = fe(enc["input_values"].to(device)).float().cpu()
         for b, i in enumerate(batch):
             feats[i] = out[b, :, : int(frames[b])].numpy().copy()
             samples[i] = int(lengths[b])
-        batch.clear()
-
-    for i in order:  # ascending length: the newest clip is the longest, so padded = count x its duration
-        if batch and (len(batch) + 1) * durations[i] > max_seconds:
-            flush()
-        batch.append(int(i))
-    if batch:
-        flush()
     cache = FeatureCache(feats, samples, time.perf_counter() - t0)  # type: ignore[arg-type]
-    logger.info("cached the conv front end's output for %d clips (%.0f MB) in %.1f s", len(order),
+    logger.info("cached the conv front end's output for %d clips (%.0f MB) in %.1f s", len(feats),
                 cache.nbytes / 2**20, cache.build_seconds)
     return cache
 
@@ -122,18 +118,33 @@ class CachedFeatureCollator:
                 "labels": self.base.labels(rows)}
 
 
+def _pass_through(encoder):
+    """A module standing in for `encoder` (a Wav2Vec2FeatureEncoder): 3-D inputs (cached features,
+    batch x channels x frames) pass unchanged, 2-D waveforms (evaluation batches) run through `encoder`.
+    It registers the encoder's `conv_layers` under the same name, so parameter names, state_dict keys
+    (checkpoints saved meanwhile) and per-layer code see the model unchanged."""
+    import torch
+
+    class CachedFrontEnd(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv_layers = encoder.conv_layers
+            self.encoder = (encoder,)  # a tuple, not a submodule: its parameters are listed once, as conv_layers
+
+        def forward(self, input_values):
+            return input_values if input_values.dim() == 3 else self.encoder[0](input_values)
+
+    return CachedFrontEnd()
+
+
 @contextmanager
 def cached_front_end(model):
-    """While inside, the conv front end passes 3-D inputs (cached features) through unchanged and runs
-    as usual on 2-D waveforms (evaluation batches)."""
-    fe = model.wav2vec2.feature_extractor
-    original = fe.forward
-
-    def forward(input_values):
-        return input_values if input_values.dim() == 3 else original(input_values)
-
-    fe.forward = forward
+    """While inside, `model.wav2vec2.feature_extractor` is a pass-through for cached features (3-D
+    inputs) that runs the real conv stack on 2-D waveforms (evaluation batches); the real module is put
+    back on exit."""
+    encoder = model.wav2vec2.feature_extractor
+    model.wav2vec2.feature_extractor = _pass_through(encoder)
     try:
         yield
     finally:
-        del fe.forward  # back to the class's forward
+        model.wav2vec2.feature_extractor = encoder
