@@ -1,6 +1,8 @@
-"""Bench: utterances/s of lrl's batch LM decoding (CTCDecoder.decode_batch: blank-run cutting + one forked
-pool) against pyctcdecode's own `decoder.decode()` called serially with its defaults, on the same log-probs
-and the same KenLM model, in one run, interleaved (ABAB...) because other work shares the cores.
+"""Bench: utterances/s and WER of lrl's beam search backends against pyctcdecode's own `decoder.decode()`
+called serially (the baseline): lrl's pool over stock pyctcdecode, and the C++ backend (flashlight-text) in
+one process and over all cores, on the same log-probs and the same KenLM model, at beam 32 and 100, in one
+run, interleaved (ABAB...) because other work shares the cores. Then word 3-gram vs character n-gram LMs from
+the same text, each tuned on dev (small alpha/beta grid, C++ backend) and scored on test.
 
 Log-probs: CTC-shaped posteriors built from the yo-cv dev+test transcripts and their real clip durations
 (20 ms frames: 1-2 frame spikes per character, blanks between, 12% of characters with the wrong token on
@@ -11,6 +13,7 @@ LM: `lrl lm build ../shared/data/lm-text/yo.txt --vocab V --order 3 --oov strip-
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -68,8 +71,9 @@ def synth_logp(text: str, n_frames: int, vocab, rng: np.random.Generator, err: f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median reported)")
-    ap.add_argument("--workers", type=int, default=0, help="lrl pool size (0 = all cores)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds (median reported)")
+    ap.add_argument("--beams", default="32,100", help="beam widths, comma-separated")
+    ap.add_argument("--char-orders", default="4,5,6", help="character LM orders compared with the word 3-gram")
     args = ap.parse_args()
 
     import logging
@@ -78,6 +82,7 @@ def main() -> None:
     from _results import update_section
     from pyctcdecode import build_ctcdecoder
 
+    from lrl.core.io import read_table
     from lrl.core.text import Normalizer
     from lrl.data.vocab import Vocab
     from lrl.decode.decoder import CTCDecoder, DecoderConfig, available_cores
@@ -87,87 +92,121 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lrl-bench-decode-"))
     subprocess.run([LRL, "-q", "vocab", "build", str(SHARED / "yo-cv" / "train.tsv"), "--out", str(tmp / "vocab")],
                    check=True, capture_output=True)
-    build = subprocess.run([LRL, "-q", "lm", "build", str(SHARED / "lm-text" / "yo.txt"), "--vocab", str(tmp / "vocab"),
-                            "--order", "3", "--oov", "strip-marks", "--out", str(tmp / "lm")],
-                           check=True, capture_output=True, text=True)
+
+    def build(name: str, *extra: str) -> str:
+        r = subprocess.run([LRL, "-q", "lm", "build", str(SHARED / "lm-text" / "yo.txt"), "--vocab", str(tmp / "vocab"),
+                            "--oov", "strip-marks", "--out", str(tmp / name), *extra], check=True, capture_output=True, text=True)
+        return r.stdout.strip().splitlines()[-1].split(" in ")[0]
+
+    word_lm = build("lm", "--order", "3")
     vocab = Vocab.load(tmp / "vocab")
     norm = Normalizer(vocab.normalizer)
-    from lrl.core.io import read_table
-
     ms = {r["clip"]: float(r["duration[ms]"]) for r in read_table(SHARED / "yo-cv" / "clip_durations.tsv")[1]}
-    pairs = [(norm(r["sentence"]), ms[r["path"]]) for f in ("dev.tsv", "test.tsv")
-             for r in read_table(SHARED / "yo-cv" / f)[1]]
-    pairs = [(t, d) for t, d in pairs if t and not vocab.oov_chars(t)]
+    split_of, pairs = [], []
+    for f in ("dev.tsv", "test.tsv"):
+        for r in read_table(SHARED / "yo-cv" / f)[1]:
+            t = norm(r["sentence"])
+            if t and not vocab.oov_chars(t):
+                pairs.append((t, ms[r["path"]]))
+                split_of.append(f[:-4])
     refs = [t for t, _ in pairs]
     rng = np.random.default_rng(0)
     logps = [synth_logp(t, int(d / 20), vocab, rng) for t, d in pairs]  # 20 ms frames (conv stride 320)
     frames = sum(len(x) for x in logps)
     files = find_lm(tmp / "lm")
-    unigrams = read_unigrams(files)
-
-    base = build_ctcdecoder(labels_for_vocab(vocab), str(files.model), unigrams=unigrams)  # alpha 0.5, beta 1.5
+    base = build_ctcdecoder(labels_for_vocab(vocab), str(files.model), unigrams=read_unigrams(files))  # alpha 0.5, beta 1.5
     cores = available_cores()
-    workers = args.workers or cores
+    beams = [int(b) for b in args.beams.split(",")]
 
-    def run_base():
+    def run_base(beam: int):
         t0 = time.perf_counter()
-        out = [base.decode(x) for x in logps]
+        out = [base.decode(x, beam_width=beam) for x in logps]
         return time.perf_counter() - t0, out
 
-    def run_lrl(cfg: DecoderConfig):
-        dec = CTCDecoder.from_vocab(vocab, tmp / "lm", cfg)
+    def run_lrl(cfg: DecoderConfig, lm: Path = tmp / "lm", lps=logps):
+        dec = CTCDecoder.from_vocab(vocab, lm, cfg)
         _ = dec.key  # load the LM outside the timing, as for the baseline
         t0 = time.perf_counter()
         with dec:  # the pool is started inside the timing and reused for the whole batch
-            out = [h.text for h in dec.decode_batch(logps)]
+            out = [h.text for h in dec.decode_batch(lps)]
         return time.perf_counter() - t0, out
-
-    variants = {
-        f"lrl decode_batch ({workers} workers)": DecoderConfig(workers=workers),
-        "lrl decode_batch, 1 process": DecoderConfig(workers=1),
-        f"lrl decode_batch ({workers} workers), blank cutting off": DecoderConfig(workers=workers, compress_blanks=False),
-    }
-    times = {"base": []} | {k: [] for k in variants}
-    outs = {}
-    for _ in range(args.repeats):
-        t, outs["base"] = run_base()
-        times["base"].append(t)
-        for name, cfg in variants.items():
-            t, outs[name] = run_lrl(cfg)
-            times[name].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = {k: statistics.median(b / c for b, c in zip(times["base"], times[k], strict=True)) for k in variants}
-    wer = {k: jiwer.wer(refs, v) for k, v in outs.items()}
-    same = {k: sum(a == b for a, b in zip(outs["base"], outs[k], strict=True)) for k in variants}
 
     n = len(logps)
     lines = [
         f"{n} utterances (yo-cv dev+test transcripts as CTC-shaped log-probs over their real clip durations, "
         f"{frames} frames of 20 ms, 12% of characters acoustically wrong with the right one as runner-up, "
-        f"{len(vocab)} tokens); LM: 3-gram from `lrl lm build ../shared/data/lm-text/yo.txt --order 3 "
-        f"--oov strip-marks` ({build.stdout.strip().splitlines()[-1].split(' in ')[0]}); alpha 0.5, beta 1.5, "
-        f"beam 100 (pyctcdecode defaults) for all. {cores} cores shared with other engineers; median of "
-        f"{args.repeats} interleaved rounds. Greedy WER on these log-probs: "
+        f"{len(vocab)} tokens); LM: `lrl lm build ../shared/data/lm-text/yo.txt --order 3 --oov strip-marks` "
+        f"({word_lm}); alpha 0.5, beta 1.5 for all. {cores} cores shared with other engineers' jobs (load "
+        f"{os.getloadavg()[0]:.1f} at the start); median of {args.repeats} interleaved rounds. Greedy WER: "
         f"{jiwer.wer(refs, [CTCDecoder.from_vocab(vocab).greedy(x).text for x in logps]):.2%}.",
         "",
-        "| decoder | utt/s | speed-up vs baseline (median ratio) | WER | same text as baseline |",
-        "|---|---:|---:|---:|---:|",
-        f"| baseline: pyctcdecode `decode()` serially, defaults | {n / med['base']:.1f} | 1.00 | {wer['base']:.2%} | {n}/{n} |",
+        "| beam | decoder | utt/s | speed-up vs baseline (median ratio) | WER | same text as baseline |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
-    for k in variants:
-        lines.append(f"| {k} | {n / med[k]:.1f} | {ratios[k]:.2f} | {wer[k]:.2%} | {same[k]}/{n} |")
-    lines += ["", "What lrl does differently, all exact (same texts, frames and scores; tests/test_lm.py checks it "
-              "against `decode_beams`): (1) blank cutting keeps one frame of each run of frames where only the "
-              "blank reaches token_min_logp (-5): such frames add the same score to every beam; (2) the search is "
-              "entered once with pre-converted log-probs, a prefix set instead of the unigram CharTrie, no empty "
-              "hotword scorer, beam extension fused with beam merging and a leaner LM-beam scoring loop "
-              "(pyctcdecode 0.5.0 only; other versions use the stock search); (3) one pool forked "
-              "after the LM is loaded (workers inherit it), started inside the timing, longest utterances first. "
-              "With 4 other engineers' jobs on the 2 cores the pool's share of the gain is small and noisy."]
-    md = "\n".join(lines)
+    for beam in beams:
+        arms = {
+            f"lrl pool over stock pyctcdecode ({cores} workers)": DecoderConfig(backend="pyctcdecode", beam_width=beam),
+            "lrl C++ (flashlight-text), 1 process": DecoderConfig(backend="flashlight", beam_width=beam, workers=1),
+            f"lrl C++ (flashlight-text), {cores} workers": DecoderConfig(backend="flashlight", beam_width=beam),
+        }
+        times = {"base": []} | {k: [] for k in arms}
+        outs = {}
+        for _ in range(args.repeats):
+            t, outs["base"] = run_base(beam)
+            times["base"].append(t)
+            for name, cfg in arms.items():
+                t, outs[name] = run_lrl(cfg)
+                times[name].append(t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = {k: statistics.median(b / c for b, c in zip(times["base"], times[k], strict=True)) for k in arms}
+        wer = {k: jiwer.wer(refs, v) for k, v in outs.items()}
+        same = {k: sum(a == b for a, b in zip(outs["base"], outs[k], strict=True)) for k in arms}
+        lines.append(f"| {beam} | baseline: pyctcdecode `decode()` serially | {n / med['base']:.1f} | 1.00 | "
+                     f"{wer['base']:.2%} | {n}/{n} |")
+        lines += [f"| {beam} | {k} | {n / med[k]:.1f} | {ratio[k]:.2f} | {wer[k]:.2%} | {same[k]}/{n} |" for k in arms]
+        print("\n".join(lines[-4:]), flush=True)
+
+    # word vs character LMs: same text, each tuned on dev with the C++ backend, WER on test
+    dev = [i for i, s in enumerate(split_of) if s == "dev"]
+    test = [i for i, s in enumerate(split_of) if s == "test"]
+    lms = {"word 3-gram": (tmp / "lm", word_lm)}
+    for order in (int(o) for o in args.char_orders.split(",") if o):
+        lms[f"char {order}-gram"] = (tmp / f"char{order}", build(f"char{order}", "--unit", "char", "--order", str(order)))
+    grid = [(a, b) for a in (0.25, 0.5, 1.0, 1.5) for b in (-1.0, 0.0, 1.5, 3.0)]
+    lines += ["", f"Word vs character LMs from the same text (C++ backend, beam 32; alpha/beta picked on the "
+              f"{len(dev)} dev utterances from a {len(grid)}-point grid, WER on the {len(test)} test utterances):", "",
+              "| LM | n-grams | best (alpha, beta) on dev | dev WER | test WER | test CER | grid time (s) |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for name, (path, desc) in lms.items():
+        t0 = time.perf_counter()
+        dec = CTCDecoder.from_vocab(vocab, path, DecoderConfig(backend="flashlight", beam_width=32))
+        best = None
+        with dec:
+            for a, b in grid:
+                cfg = dec.with_config(alpha=a, beta=b)
+                w = jiwer.wer([refs[i] for i in dev], [h.text for h in dec.decode_batch([logps[i] for i in dev], cfg)])
+                if best is None or w < best[0]:
+                    best = (w, a, b)
+            hyp = [h.text for h in dec.decode_batch([logps[i] for i in test], dec.with_config(alpha=best[1], beta=best[2]))]
+        tref = [refs[i] for i in test]
+        lines.append(f"| {name} | {desc.split('(')[1].split(',')[0] if '(' in desc else desc} ... | ({best[1]:g}, {best[2]:g}) | "
+                     f"{best[0]:.2%} | {jiwer.wer(tref, hyp):.2%} | {jiwer.cer(tref, hyp):.2%} | {time.perf_counter() - t0:.0f} |")
+        print(lines[-1], flush=True)
+    md = "\n".join(lines + ["", NOTES])
     update_section("decode", md)
     print(md)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+NOTES = (
+    "The C++ backend is flashlight-text's `LexiconDecoder` (word LM; lexicon = the LM's unigrams, each spelled "
+    "with a closing word delimiter) or `LexiconFreeDecoder` (character LM), with lm_weight = alpha * ln 10 and "
+    "word_score = beta, so beams are ranked as in pyctcdecode (equal totals on planted cases, tests/test_decode.py). "
+    "Differences: merged paths are log-added over all alignments (pyctcdecode sums the beams it kept), and a word "
+    "LM decodes a closed vocabulary (no word outside the LM's unigrams), where pyctcdecode spells such words with "
+    "unk_score_offset. Character LMs stop at order 6: KenLM in flashlight-text's wheels (and the kenlm module) is "
+    "compiled with KENLM_MAX_ORDER=6; 8- and 10-grams need both rebuilt."
+)
 
 
 if __name__ == "__main__":

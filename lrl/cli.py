@@ -28,7 +28,7 @@ from lrl.core.cpu import set_openmp_env
 from lrl.core.text import DigitPolicy, NormalizerConfig, UnicodeForm
 from lrl.data.prepare import OovPolicy, PrepareConfig
 from lrl.data.vocab import RarePolicy, VocabBuildConfig
-from lrl.decode.lm import KENLM_MAX_ORDER, BinaryType, LMBuildConfig
+from lrl.decode.lm import KENLM_MAX_ORDER, BinaryType, LMBuildConfig, LMUnit
 from lrl.decode.lm import OOVPolicy as LMOOVPolicy
 from lrl.demo import DemoConfig, DemoStart
 from lrl.evaluate.scoring import EvaluateConfig
@@ -124,6 +124,7 @@ SpecPresetOpt = _choices("SpecPresetOpt", SpecPreset)
 TinySizeOpt = _choices("TinySizeOpt", TinySize)
 LMBinaryOpt = _choices("LMBinaryOpt", BinaryType)
 LMOOVOpt = _choices("LMOOVOpt", LMOOVPolicy)
+LMUnitOpt = _choices("LMUnitOpt", LMUnit)
 FreshOpt = _choices("FreshOpt", FreshSize)
 DemoStartOpt = _choices("DemoStartOpt", DemoStart)
 _PREVIEW = _arg_defaults(_preview)
@@ -451,6 +452,7 @@ def lm_build(
     vocab: Annotated[Path, typer.Option("--vocab", help="The model's vocabulary dir (`lrl vocab build`, DATA/vocab or a model dir): its normaliser and characters.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dir: language_model/ (lm.bin, unigrams.txt, attrs.json), alphabet.json, lm_build.json.")],
     order: Annotated[int, typer.Option("--order", "-n", help=f"N-gram order (2..{KENLM_MAX_ORDER}).")] = LMBuildConfig.order,
+    unit: Annotated[LMUnitOpt, typer.Option(help="word: n-grams over words; char: over characters with | between words (decoded lexicon-free by the C++ backend, pip install 'lrl[fast]').")] = LMUnitOpt(LMBuildConfig.unit),
     exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
     heldout: Annotated[list[Path] | None, typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
     oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: strip-marks (remove combining marks the vocabulary lacks, then drop what is still outside), or drop.")] = LMOOVOpt(LMBuildConfig.oov),
@@ -465,7 +467,7 @@ def lm_build(
     from lrl.decode.lm import build_lm
 
     cfg = LMBuildConfig(
-        order=order, memory=memory, prune=tuple(int(x) for x in prune.split(",")) if prune else (),
+        order=order, unit=unit.value, memory=memory, prune=tuple(int(x) for x in prune.split(",")) if prune else (),
         discount_fallback=discount_fallback, binary=binary.value, keep_arpa=keep_arpa, oov=oov.value,
     )
     r = build_lm(texts, vocab, out, cfg, exclude=exclude or (), heldout=heldout or ())

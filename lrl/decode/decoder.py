@@ -1,7 +1,8 @@
-"""lrl's CTC decoder: greedy decoding, and beam search with a KenLM n-gram through pyctcdecode (lrl owns
-this wrapper because `Wav2Vec2ProcessorWithLM` goes away in transformers v6). Batch decoding reuses one
-forked process pool; runs of frames where only the blank can be expanded are cut to one frame first (exact:
-they add the same score to every beam). `save()` writes a directory `Wav2Vec2ProcessorWithLM` loads.
+"""lrl's CTC decoder: greedy decoding, and beam search with a KenLM n-gram through flashlight-text's C++
+search (`lrl.decode.flashlight`, when installed) or stock pyctcdecode (lrl owns this wrapper because
+`Wav2Vec2ProcessorWithLM` goes away in transformers v6). Batch decoding reuses one forked process pool over
+utterances; runs of frames where only the blank can be expanded are cut to one frame first (exact: they add
+the same score to every beam). `save()` writes a directory `Wav2Vec2ProcessorWithLM` loads.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -30,6 +32,8 @@ from lrl.decode.constants import (
 logger = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.json"  # lrl's record of the tuned decoder beside a model
+Backend = Literal["auto", "pyctcdecode", "flashlight"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
 def available_cores() -> int:
@@ -52,6 +56,9 @@ class DecoderConfig:
     token_min_logp: float = DEFAULT_MIN_TOKEN_LOGP  # tokens below this log-prob are not expanded (unless argmax)
     workers: int = 0  # processes for batch decoding; 0 = all available cores, 1 = in this process
     compress_blanks: bool = True  # cut runs of blank-only frames to one before the beam search (exact)
+    backend: Backend = "auto"  # beam search: "flashlight" (C++, pip install 'lrl[fast]'), "pyctcdecode", or
+    # "auto" = flashlight for character LMs (`lrl lm build --unit char`), pyctcdecode for word LMs. Same scoring
+    # (alpha on the LM's natural log, beta per word); flashlight's word search spells only the LM's unigrams
 
     def __post_init__(self) -> None:
         if self.beam_width < 1:
@@ -66,6 +73,8 @@ class DecoderConfig:
             raise ValueError(f"unk_score_offset must be <= 0, got {self.unk_score_offset}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> DecoderConfig:
@@ -148,171 +157,28 @@ def greedy_decode(logp: np.ndarray, labels: Sequence[str]) -> Hypothesis:
 _REGISTRY: dict[str, object] = {}
 
 
-class _NoHotwords:
-    """pyctcdecode's HotwordScorer for an empty hotword list, without its empty-trie lookups (same scores: 0)."""
-
-    def __contains__(self, item: str) -> bool:
-        return False
-
-    def score(self, text: str) -> float:
-        return 0.0
-
-    def score_partial_token(self, token: str) -> float:
-        return 0.0
-
-
-_NO_HOTWORDS = _NoHotwords()
-
-
-class _PrefixSet:
-    """Stands in for pyctcdecode's unigram CharTrie: `has_node(p)` is non-zero exactly when `p` is a prefix
-    of (or equal to) a unigram, which is all pyctcdecode asks of it; a set lookup instead of a trie walk."""
-
-    def __init__(self, words) -> None:
-        self._prefixes = {w[:i] for w in words for i in range(1, len(w) + 1)}
-
-    def has_node(self, key: str) -> int:
-        return 1 if key in self._prefixes else 0
-
-
-def _fast_get_lm_beams(self, beams, hotword_scorer, cached_lm_scores, cached_partial_token_scores, is_eos=False):
-    """pyctcdecode 0.5.0's `BeamSearchDecoderCTC._get_lm_beams` for an LM and no hotwords, with the same
-    arithmetic in the same order (identical scores) but without per-beam helper calls; installed per
-    decoder instance only when pyctcdecode is 0.5.0 and lrl enters the search with `_NoHotwords`."""
-    if hotword_scorer is not _NO_HOTWORDS:
-        return type(self)._get_lm_beams(self, beams, hotword_scorer, cached_lm_scores, cached_partial_token_scores, is_eos)
-    language_model = self._language_model
-    if language_model is None:
-        return type(self)._get_lm_beams(self, beams, hotword_scorer, cached_lm_scores, cached_partial_token_scores, is_eos)
-    lm_score_fn = language_model.score
-    partial_fn = language_model.score_partial_token
-    new_beams = []
-    append = new_beams.append
-    for text, next_word, word_part, last_char, frame_list, frames, logit_score in beams:
-        new_text = text if not next_word else (next_word if not text else text + " " + next_word)
-        cache_key = (new_text, is_eos)
-        cached = cached_lm_scores.get(cache_key)
-        if cached is None:
-            _, prev_raw_lm_score, start_state = cached_lm_scores[(text, False)]
-            score, end_state = lm_score_fn(start_state, next_word, is_last_word=is_eos)
-            raw_lm_score = prev_raw_lm_score + score
-            cached = (raw_lm_score + 0.0, raw_lm_score, end_state)  # + the (zero) hotword score, as pyctcdecode
-            cached_lm_scores[cache_key] = cached
-        lm_score = cached[0]
-        if word_part:
-            partial = cached_partial_token_scores.get(word_part)
-            if partial is None:
-                partial = cached_partial_token_scores[word_part] = partial_fn(word_part)
-            lm_score += partial
-        append((new_text, "", word_part, last_char, frame_list, frames, logit_score, logit_score + lm_score))
-    return new_beams
-
-
-def _fast_decode_logits(self, logits, beam_width, beam_prune_logp, token_min_logp, prune_history, hotword_scorer,
-                        lm_start_state=None):
-    """pyctcdecode 0.5.0's `BeamSearchDecoderCTC._decode_logits` for a character (non-BPE) alphabet and no
-    hotwords, with beam extension and `_merge_beams` fused into one pass over the same candidates in the
-    same order (as there: the last-seen beam's fields at the first-seen position, scores summed with
-    pyctcdecode's own `_sum_log_scores`), Python
-    floats instead of numpy scalars (the same float64 values). Anything else goes to the original."""
-    if self._is_bpe or hotword_scorer is not _NO_HOTWORDS or lm_start_state is not None:
-        return type(self)._decode_logits(self, logits, beam_width, beam_prune_logp, token_min_logp, prune_history,
-                                         hotword_scorer, lm_start_state)
-    from pyctcdecode.decoder import (
-        NULL_FRAMES,
-        _merge_beams,
-        _normalize_whitespace,
-        _prune_history,
-        _sort_and_trim_beams,
-        _sum_log_scores,
-    )
-
-    language_model = self._language_model
-    start_state = None if language_model is None else language_model.get_start_state()
-    cached_lm_scores = {("", False): (0.0, 0.0, start_state)}
-    cached_p_lm_scores: dict = {}
-    idx2vocab = self._idx2vocab
-    lm_order = 1 if language_model is None else language_model.order
-    beams = [("", "", "", None, [], NULL_FRAMES, 0.0)]
-    for frame_idx, logit_col in enumerate(logits):
-        max_idx = logit_col.argmax()
-        idx_list = set(np.where(logit_col >= token_min_logp)[0]) | {max_idx}
-        col = logit_col.tolist()
-        end = frame_idx + 1
-        merged: dict = {}
-        for idx_char in idx_list:
-            p_char = col[idx_char]
-            char = idx2vocab[idx_char]
-            blank, space = char == "", char == " "
-            for text, next_word, word_part, last_char, text_frames, part_frames, logit_score in beams:
-                if blank or last_char == char:
-                    nb = (text, next_word, word_part, char, text_frames,
-                          part_frames if blank else (part_frames[0], end), logit_score + p_char)
-                elif space:
-                    nb = (text, word_part, "", char, text_frames if word_part == "" else text_frames + [part_frames],
-                          NULL_FRAMES, logit_score + p_char)
-                    next_word = word_part
-                    word_part = ""
-                else:
-                    word_part = word_part + char
-                    nb = (text, next_word, word_part, char, text_frames,
-                          (frame_idx, end) if part_frames[0] < 0 else (part_frames[0], end), logit_score + p_char)
-                key = (text if not next_word else (next_word if not text else text + " " + next_word), word_part, char)
-                prev = merged.get(key)
-                merged[key] = nb if prev is None else nb[:6] + (_sum_log_scores(prev[6], nb[6]),)
-        scored_beams = self._get_lm_beams(list(merged.values()), hotword_scorer, cached_lm_scores, cached_p_lm_scores)
-        max_score = max([b[-1] for b in scored_beams])
-        scored_beams = [b for b in scored_beams if b[-1] >= max_score + beam_prune_logp]
-        trimmed_beams = _sort_and_trim_beams(scored_beams, beam_width)
-        beams = _prune_history(trimmed_beams, lm_order=lm_order) if prune_history else [b[:-1] for b in trimmed_beams]
-
-    # final LM scoring and sorting: pyctcdecode's own code
-    new_beams = []
-    for text, _, word_part, _, frame_list, frames, logit_score in beams:
-        new_token_times = frame_list if word_part == "" else frame_list + [frames]
-        new_beams.append((text, word_part, "", None, new_token_times, (-1, -1), logit_score))
-    new_beams = _merge_beams(new_beams)
-    scored_beams = self._get_lm_beams(new_beams, hotword_scorer, cached_lm_scores, cached_p_lm_scores, is_eos=True)
-    max_score = max([b[-1] for b in scored_beams])
-    scored_beams = [b for b in scored_beams if b[-1] >= max_score + beam_prune_logp]
-    trimmed_beams = _sort_and_trim_beams(scored_beams, beam_width)
-    return [
-        (
-            _normalize_whitespace(text),
-            cached_lm_scores[(text, True)][-1] if (text, True) in cached_lm_scores else None,
-            list(zip(text.split(), text_frames, strict=False)),  # as pyctcdecode
-            logit_score,
-            combined_score,
-        )
-        for text, _, _, _, text_frames, _, logit_score, combined_score in trimmed_beams
-    ]
-
-
 def _to_pyctc_logp(logits: np.ndarray) -> np.ndarray:
-    """Exactly the conversion pyctcdecode's decode_beams applies (probabilities -> log; logits -> clipped
-    log-softmax), done once here so the beam search can be entered directly."""
+    """The conversion pyctcdecode's decode_beams applies (probabilities -> clipped log; logits -> clipped
+    log-softmax), done once here so blank runs can be cut and every backend sees the same log-probs."""
     import math
-
-    from pyctcdecode.decoder import _log_softmax
 
     if len(logits) == 0:
         return logits.astype(np.float32)
     if math.isclose(logits.sum(axis=1).mean(), 1):
         return np.log(np.clip(logits, MIN_TOKEN_CLIP_P, 1))
-    return np.clip(_log_softmax(logits, axis=1), np.log(MIN_TOKEN_CLIP_P), 0)
+    return log_softmax(logits)
 
 
 def _beam_search(key: str, params: tuple, logp: np.ndarray, index: np.ndarray | None) -> tuple:
-    """Best beam of pyctcdecode's search over converted log-probs `logp` (see `_to_pyctc_logp`)."""
+    """Best beam over converted log-probs `logp` (see `_to_pyctc_logp`) with the registered search `key`:
+    (text, ((word, start, end), ...), acoustic score, combined score)."""
     decoder = _REGISTRY[key]
+    if not hasattr(decoder, "decode_beams"):  # the C++ search (lrl.decode.flashlight)
+        return decoder.search(params, logp, index)
     alpha, beta, unk, boundary, beam_width, prune_logp, min_logp = params
     decoder.reset_params(alpha=float(alpha), beta=float(beta), unk_score_offset=float(unk), lm_score_boundary=bool(boundary))
-    kw = dict(beam_width=int(beam_width), beam_prune_logp=float(prune_logp), token_min_logp=float(min_logp),
-              prune_history=True)  # as pyctcdecode's decode(): only the best beam is used
-    if hasattr(decoder, "_decode_logits"):  # pyctcdecode 0.5: skip decode_beams' second conversion
-        beams = decoder._decode_logits(logp, hotword_scorer=_NO_HOTWORDS, **kw)
-    else:
-        beams = decoder.decode_beams(logp, **kw)
+    beams = decoder.decode_beams(logp, beam_width=int(beam_width), beam_prune_logp=float(prune_logp),
+                                 token_min_logp=float(min_logp), prune_history=True)  # as decode(): best beam only
     text, _, word_frames, logit_score, lm_score = beams[0]
     words = []
     for word, (s, e) in word_frames:
@@ -377,33 +243,55 @@ class CTCDecoder:
     def has_lm(self) -> bool:
         return self.lm_path is not None
 
+    @property
+    def backend(self) -> str:
+        """The beam search in use: "flashlight" (C++) or "pyctcdecode" (config.backend with "auto" resolved:
+        flashlight for a character LM, pyctcdecode otherwise, because flashlight's word search only spells the
+        LM's unigrams and lost 14 WER points to out-of-lexicon words in bench/decode.py)."""
+        b = self.config.backend
+        if b == "auto":
+            return "flashlight" if self._lm_unit() == "char" else "pyctcdecode"
+        return b
+
+    def _lm_unit(self) -> str:
+        if self.lm_path is None:
+            return "word"
+        from lrl.decode.lm import find_lm, lm_unit, read_unigrams
+
+        return lm_unit(read_unigrams(find_lm(self.lm_path)))
+
     def _build(self):
         if self._decoder is not None:
             return self._decoder
-        try:
-            from pyctcdecode import build_ctcdecoder
-        except ImportError as e:
-            raise ImportError(f"beam-search decoding needs pyctcdecode and kenlm: pip install pyctcdecode kenlm ({e})") from e
         c = self.config
-        model_path, unigrams = None, None
+        model_path, unigrams, unit = None, None, "word"
         if self.lm_path is not None:
-            from lrl.decode.lm import find_lm, read_unigrams
+            from lrl.decode.lm import find_lm, lm_unit, read_unigrams
 
             files = find_lm(self.lm_path)
             model_path, unigrams = str(files.model), read_unigrams(files)
-            self._check_alphabet(unigrams or [], files.lm_dir)
-        self._decoder = build_ctcdecoder(
-            self.labels, kenlm_model_path=model_path, unigrams=unigrams, alpha=float(c.alpha), beta=float(c.beta),
-            unk_score_offset=float(c.unk_score_offset), lm_score_boundary=bool(c.score_boundary),
-        )
-        lm_obj = self._decoder._language_model
-        if lm_obj is not None and getattr(lm_obj, "_char_trie", None) is not None and hasattr(lm_obj, "_unigram_set"):
-            lm_obj._char_trie = _PrefixSet(lm_obj._unigram_set)
-        if _pyctcdecode_version() == "0.5.0":  # the version _fast_get_lm_beams mirrors
-            import types
+            unit = lm_unit(unigrams)
+            self._check_alphabet([] if unit == "char" else unigrams or [], files.lm_dir)
+        backend = self.backend
+        if backend == "flashlight":
+            from lrl.decode.flashlight import FlashlightSearch
 
-            self._decoder._get_lm_beams = types.MethodType(_fast_get_lm_beams, self._decoder)
-            self._decoder._decode_logits = types.MethodType(_fast_decode_logits, self._decoder)
+            self._decoder = FlashlightSearch(self.labels, self.blank_id, model_path, unigrams, unit)
+        else:
+            if unit == "char":
+                raise ValueError(
+                    f"{self.lm_path} is a character LM, which pyctcdecode cannot decode (it scores words): use "
+                    "backend='flashlight' (pip install 'lrl[fast]') or a word LM")
+            try:
+                from pyctcdecode import build_ctcdecoder
+            except ImportError as e:
+                raise ImportError(
+                    f"beam-search decoding needs pyctcdecode and kenlm: pip install pyctcdecode kenlm ({e})") from e
+            self._decoder = build_ctcdecoder(
+                self.labels, kenlm_model_path=model_path, unigrams=unigrams, alpha=float(c.alpha), beta=float(c.beta),
+                unk_score_offset=float(c.unk_score_offset), lm_score_boundary=bool(c.score_boundary),
+            )
+        logger.debug("beam search: %s (%s LM)", backend, unit if model_path else "no")
         self._key = os.urandom(8).hex()
         _REGISTRY[self._key] = self._decoder
         return self._decoder
@@ -526,7 +414,7 @@ class CTCDecoder:
                 self._pool.terminate()
             if self._key is not None:
                 _REGISTRY.pop(self._key, None)
-                if self._decoder is not None:
+                if hasattr(self._decoder, "cleanup"):  # pyctcdecode's LM container entry
                     self._decoder.cleanup()
         except Exception:  # interpreter shutdown: nothing left to clean
             pass
@@ -548,15 +436,6 @@ class CTCDecoder:
             install_lm(self.lm_path, directory, vocab, self.config.alpha, self.config.beta, self.config.unk_score_offset)
             self.lm_path = directory
         return directory
-
-
-def _pyctcdecode_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pyctcdecode")
-    except PackageNotFoundError:
-        return ""
 
 
 def _to_hyp(res: tuple) -> Hypothesis:

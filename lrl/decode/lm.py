@@ -35,7 +35,8 @@ REPORT_FILE = "lm_build.json"
 CORPUS_FILE = "corpus.txt"
 ARPA_FILE = "lm.arpa"
 KENLM_LOG = "kenlm.log"  # lmplz/build_binary's own progress output (stderr), kept out of the terminal
-KENLM_MAX_ORDER = 6  # lmplz/build_binary are compiled with KENLM_MAX_ORDER=6 by default
+KENLM_MAX_ORDER = 6  # lmplz/build_binary, the kenlm module and flashlight-text's wheels: KENLM_MAX_ORDER=6
+CHAR_BOUNDARY = "|"  # the word boundary of character LMs (wav2vec2's word delimiter token)
 SETUP_HINT = (
     "run `bash scripts/setup.sh` (it builds lmplz and build_binary from the kenlm sdist into .venv/bin), "
     "or build them yourself: apt-get install libboost-program-options-dev libboost-system-dev "
@@ -46,6 +47,7 @@ SETUP_HINT = (
 SPECIAL_WORDS = ("<s>", "</s>", "<unk>")
 
 BinaryType = Literal["probing", "trie", "none"]
+LMUnit = Literal["word", "char"]
 OOVPolicy = Literal["drop", "strip-marks"]
 OOV_POLICIES: tuple[OOVPolicy, ...] = get_args(OOVPolicy)
 # Above this share of LM sentences dropped for characters outside the vocabulary, the drop is a warning
@@ -59,7 +61,9 @@ OOV_WARN_SHARE = 0.05
 class LMBuildConfig:
     """How `build_lm` turns text into a KenLM model."""
 
-    order: int = 3  # n-gram order (2..KENLM_MAX_ORDER); 3-5 is usual, 3 for a few thousand sentences
+    order: int = 3  # n-gram order (2..KENLM_MAX_ORDER); word 3-5, char 6 (8-10 need KenLM rebuilt for them)
+    unit: LMUnit = "word"  # "char": n-grams over characters with CHAR_BOUNDARY between words (decoded
+    # lexicon-free by the flashlight backend; open vocabulary, for agglutinative languages and little text)
     memory: str = "10%"  # lmplz -S: sorting memory (percent of RAM or a size like 1G); lmplz's own default is 80%
     prune: tuple[int, ...] = ()  # lmplz --prune count thresholds per order, e.g. (0, 0, 1); first must be 0
     discount_fallback: bool = True  # lmplz --discount_fallback: needed on small corpora ("discount out of range")
@@ -78,6 +82,8 @@ class LMBuildConfig:
     # and written to lm_build.json (text.stripped, text.stripped_marks); --oov drop restores dropping.
 
     def __post_init__(self) -> None:
+        if self.unit not in get_args(LMUnit):
+            raise ValueError(f"unit must be one of {list(get_args(LMUnit))}, got {self.unit!r}")
         if not 2 <= self.order <= KENLM_MAX_ORDER:
             raise ValueError(f"order must be in 2..{KENLM_MAX_ORDER}, got {self.order}")
         if self.prune:
@@ -310,6 +316,18 @@ class LMBuildResult:
     seconds: float
 
 
+def char_tokens(sentence: str) -> str:
+    """A sentence as a character LM's tokens: 'ab cd' -> 'a b | c d'."""
+    return " ".join(CHAR_BOUNDARY if c == " " else c for c in " ".join(sentence.split()))
+
+
+def lm_unit(unigrams: Sequence[str] | None) -> LMUnit:
+    """"char" for an LM whose unigrams are single characters and the word boundary (`--unit char`)."""
+    if unigrams and CHAR_BOUNDARY in unigrams and all(len(u) == 1 for u in unigrams):
+        return "char"
+    return "word"
+
+
 def labels_for_vocab(vocab: Vocab) -> list[str]:
     """pyctcdecode labels in token-id order: '' for [PAD] (the blank), ' ' for '|', '⁇' for [UNK]."""
     from lrl.data.vocab import PAD, UNK, WORD_DELIMITER
@@ -397,10 +415,14 @@ def build_lm(
         shutil.rmtree(lm_dir)  # pyctcdecode wants exactly 3 files in it: never leave a stale model behind
     lm_dir.mkdir(parents=True)
     corpus = out / CORPUS_FILE
-    atomic_write_text(corpus, "\n".join(text.sentences) + "\n")
+    lm_lines = [char_tokens(s) for s in text.sentences] if config.unit == "char" else text.sentences
+    atomic_write_text(corpus, "\n".join(lm_lines) + "\n")
 
     words = Counter(w for s in text.sentences for w in s.split())
-    unigrams = sorted(w for w, n in words.items() if n >= config.min_word_count)
+    if config.unit == "char":  # the LM's tokens; lm_unit() recognises a character LM by them
+        unigrams = sorted({t for line in lm_lines for t in line.split()})
+    else:
+        unigrams = sorted(w for w, n in words.items() if n >= config.min_word_count)
 
     arpa = out / ARPA_FILE if config.keep_arpa else lm_dir / ARPA_FILE
     log = out / KENLM_LOG
