@@ -1,6 +1,6 @@
 """Audio decoding: any clip (mp3/wav/flac/ogg with soundfile, anything else through ffmpeg) to a mono
 float32 array at the model's sampling rate, resampled with soxr. Failures raise AudioError with a
-short machine-readable `reason` (missing, empty_file, truncated, not_audio) that data preparation
+short machine-readable `reason` (missing, empty_file, truncated, not_audio, non_finite) that data preparation
 counts and lists in skipped.tsv. Also the model's audio front-end settings (`default_feature_extractor`).
 """
 
@@ -54,6 +54,10 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         samples, sr = _read_ffmpeg(path, sample_rate), sample_rate
     if samples.size == 0:
         raise AudioError("not_audio", f"{path}: decoded to zero samples")
+    if not np.isfinite(samples).all():  # a float WAV can hold NaN/Inf: a NaN loss in training, "" when transcribed
+        bad = int(samples.size - np.isfinite(samples).sum())
+        raise AudioError("non_finite", f"{path}: {bad} of {samples.size} samples are NaN or infinite; "
+                                       "re-export the clip from its source")
     if sr != sample_rate:
         import soxr
 

@@ -33,19 +33,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_text_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file (a BOM is dropped, line ends stripped). Raises LrlError naming the
-    first lines that are not UTF-8, rather than guessing an encoding."""
-    path = Path(path)
-    if not path.is_file():
-        raise LrlError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines, bad = [], []
-    for i, line in enumerate(raw.splitlines(), start=1):
+def _decode_lines(path: Path, lines: list[bytes]) -> list[str]:
+    out, bad = [], []
+    for i, line in enumerate(lines, start=1):
         try:
-            lines.append(line.decode("utf-8"))
+            out.append(line.decode("utf-8"))
         except UnicodeDecodeError as e:
             bad.append(f"line {i} byte {e.start}: {line[max(0, e.start - 10):e.start + 10]!r}")
     if bad:
@@ -53,16 +45,48 @@ def read_text_lines(path: str | Path) -> list[str]:
             f"{path} is not UTF-8 ({len(bad)} bad line(s); first: {bad[0]}). "
             "Convert it, e.g. `iconv -f LATIN1 -t UTF-8 in.txt > out.txt`."
         )
-    return lines
+    return out
 
 
-def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of a .tsv, .csv or .jsonl manifest. TSVs are read with QUOTE_NONE (Common Voice);
-    a row with more or fewer fields than the header raises LrlError with its line number."""
+def _read_raw(path: Path) -> bytes:
+    if not path.is_file():
+        raise LrlError(f"{path}: no such file")
+    raw = path.read_bytes()
+    return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file (a BOM is dropped, line ends stripped). Raises LrlError naming the
+    first lines that are not UTF-8, rather than guessing an encoding."""
     path = Path(path)
-    lines = read_text_lines(path)
+    raw = _read_raw(path)
+    return _decode_lines(path, raw.splitlines())
+
+
+def _table_lines(path: Path) -> list[str]:
+    """Lines of a table, split at LF only (CRLF tolerated): a lone CR inside a sentence stays in its field."""
+    raw = _read_raw(path)
+    lines = raw.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return _decode_lines(path, [line[:-1] if line.endswith(b"\r") else line for line in lines])
+
+
+def read_table(path: str | Path, bad_rows: list[tuple[int, str]] | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a .tsv, .csv or .jsonl manifest. TSVs are read with QUOTE_NONE (Common Voice);
+    CSV fields may hold quoted newlines. A row with more or fewer fields than the header (a tab inside a
+    sentence, a cut line) or a JSONL line that is not an object is never re-aligned: it raises LrlError
+    with its line number, or, when `bad_rows` is given, is left out and appended there as (line, detail)."""
+    path = Path(path)
+    lines = _table_lines(path)
     if not any(line.strip() for line in lines):
         raise LrlError(f"{path} is empty")
+
+    def bad(i: int, detail: str) -> None:
+        if bad_rows is None:
+            raise LrlError(f"{path}:{i}: {detail}")
+        bad_rows.append((i, detail))
+
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -72,30 +96,42 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise LrlError(f"{path}:{i}: not a JSON object ({e.msg})") from e
+                bad(i, f"not a JSON object ({e.msg})")
+                continue
             if not isinstance(obj, dict):
-                raise LrlError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
+                bad(i, f"expected a JSON object per line, got {type(obj).__name__}")
+                continue
             rows.append({k: "" if v is None else str(v) for k, v in obj.items()})
         header = list(dict.fromkeys(k for r in rows for k in r))
         return header, rows
     if suffix == ".csv":
-        reader = csv.reader(lines)
-    else:
-        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = csv.reader(line + "\n" for line in lines)  # with their ends, quoted newlines stay in the field
+        records = _csv_records(path, reader)
+    else:  # QUOTE_NONE: a tab is the only separator; quotes and a lone CR are text
+        records = ((i, line.split("\t")) for i, line in enumerate(lines, start=1))
     header: list[str] | None = None
     rows = []
-    for i, fields in enumerate(reader, start=1):
+    for i, fields in records:
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue
         if header is None:
             header = [h.strip() for h in fields]
             continue
-        if len(fields) < len(header):  # trailing empty CV columns are sometimes cut off
-            fields = fields + [""] * (len(header) - len(fields))
-        if len(fields) > len(header):
-            raise LrlError(f"{path}:{i}: {len(fields)} fields, but the header has {len(header)}")
+        if len(fields) != len(header):
+            bad(i, f"{len(fields)} fields, but the header has {len(header)} (a tab inside a field, or a cut line?)")
+            continue
         rows.append(dict(zip(header, fields, strict=True)))
     return header or [], rows
+
+
+def _csv_records(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """(last line number, fields) of each CSV record (a quoted field may span lines)."""
+    try:
+        for fields in reader:
+            yield reader.line_num, fields
+    except csv.Error as e:
+        raise LrlError(f"{path}:{reader.line_num + 1}: not valid CSV ({e}); quote fields that hold commas, "
+                       "quotes or line breaks") from e
 
 
 def iter_files(folder: str | Path, suffixes: tuple[str, ...]) -> Iterator[Path]:

@@ -19,9 +19,11 @@ NORMALIZER_FILE = "normalizer.json"
 # (Hawaiian ʻokina, Nêhiyawêwin, Ukrainian) and are folded too unless you put them in `keep`.
 APOSTROPHES = "'\u2019\u2018\u02bc\u02bb\u0060\u00b4\u2032\uff07\u055a"
 
-# Format characters that carry no letter: BOM, soft hyphen, zero-width space, word joiner.
-# Other format characters (ZWJ/ZWNJ, which Persian and Indic scripts need) are kept.
-_INVISIBLE = {"\ufeff", "\u00ad", "\u200b", "\u2060"}
+# Format characters (Unicode category Cf: BOM, soft hyphen, zero-width space/joiners, bidi marks and
+# overrides such as U+200F/U+202E) carry no sound: they are dropped, or they would become vocabulary tokens
+# that no audio can predict. A language whose spelling needs one keeps it: `NormalizerConfig.keep_format`,
+# by default the language's entry here (Persian and Dari write ZWNJ inside words, Sinhala ZWJ in conjuncts).
+KEEP_FORMAT_BY_LANGUAGE = {"fa": "\u200c", "prs": "\u200c", "si": "\u200d"}
 
 # Languages whose lowercasing differs from Unicode's default: I -> ı and İ -> i.
 _DOTLESS_I_LANGUAGES = {"tr", "az", "crh", "gag", "kaa", "tt"}
@@ -46,6 +48,7 @@ class NormalizerConfig:
     fold_apostrophes: bool = True  # map every character of APOSTROPHES to `apostrophe`
     apostrophe: str = "'"  # the one apostrophe kept after folding
     digits: DigitPolicy = "keep"  # keep digits / drop the utterance / raise DigitsInText
+    keep_format: str | None = None  # format characters (Cf) kept; None: KEEP_FORMAT_BY_LANGUAGE[language]; "": none
 
     def __post_init__(self) -> None:
         if self.unicode_form not in get_args(UnicodeForm):
@@ -54,6 +57,9 @@ class NormalizerConfig:
             raise ValueError(f"digits must be one of {list(get_args(DigitPolicy))}, got {self.digits!r}")
         if len(self.apostrophe) != 1:
             raise ValueError(f"apostrophe must be one character, got {self.apostrophe!r}")
+        if self.keep_format and any(unicodedata.category(ch) != "Cf" for ch in self.keep_format):
+            raise ValueError(f"keep_format must hold only format characters (Unicode Cf, e.g. '\\u200c'), "
+                             f"got {self.keep_format!r}")
         if self.language is not None and not self.language.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"language must be an ISO 639 code such as 'yo' or 'tr', got {self.language!r}")
 
@@ -89,9 +95,14 @@ class NormalizerConfig:
             )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not valid UTF-8 JSON ({e}); rebuild it with `lrl vocab build`") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of normaliser fields, found {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
 
 
 class Normalizer:
@@ -103,7 +114,9 @@ class Normalizer:
         c = self.config
         self._fold = str.maketrans({a: c.apostrophe for a in APOSTROPHES if a != c.apostrophe}) if c.fold_apostrophes else {}
         self._keep = set(c.keep)
-        self._dotless = (c.language or "").split("-")[0].split("_")[0].lower() in _DOTLESS_I_LANGUAGES
+        lang = (c.language or "").split("-")[0].split("_")[0].lower()
+        self._dotless = lang in _DOTLESS_I_LANGUAGES
+        self._keep_format = set(KEEP_FORMAT_BY_LANGUAGE.get(lang, "") if c.keep_format is None else c.keep_format)
 
     def __call__(self, text: str) -> str | None:
         return self.normalize(text)
@@ -132,7 +145,7 @@ class Normalizer:
                 out.append(" ")
             elif c.remove_punctuation and cat[0] in "PS":
                 out.append(" ")
-            elif ch in _INVISIBLE:
+            elif cat == "Cf" and ch not in self._keep_format:
                 continue
             else:
                 out.append(ch)

@@ -2,7 +2,8 @@
 becomes a 16 kHz `datasets.DatasetDict` on disk (splits train/dev/test, columns id, audio, text, sentence,
 duration, speaker + source metadata), with the vocabulary in DIR/vocab. Every input row is kept or listed
 in DIR/skipped.tsv with its reason; DIR/summary.json holds the counts and an input fingerprint so that a
-rerun on identical inputs reuses the output. Output is written to DIR.tmp-<pid> and renamed at the end.
+rerun on identical inputs reuses the output. Output is written to DIR.tmp-<pid> and renamed at the end, under
+a lock on DIR (lrl.data.guard); only a directory marked as prepared by lrl is ever replaced.
 The content filters (OOV, duration, chars/s) protect training; dev/test keep such rows unless `filter_eval`.
 """
 
@@ -24,6 +25,7 @@ from lrl.core.audio import AudioError, load_audio
 from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE, TEXT_COLUMNS
 from lrl.core.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
 from lrl.core.text import DigitsInText, Normalizer, NormalizerConfig
+from lrl.data import guard
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,15 @@ AUDIO_COLUMNS = ("path", "audio", "audio_path", "audio_filepath", "file", "filen
 SPEAKER_COLUMNS = ("client_id", "speaker", "speaker_id")
 CLIP_DURATIONS = "clip_durations.tsv"  # Common Voice: clip -> duration[ms], checked against the decoded audio
 CLIP_DURATION_TOLERANCE = 0.1  # seconds of difference always accepted (encoder padding)
+# A clip that decodes this much shorter than the duration its source gives (clip_durations.tsv, a manifest's
+# duration column) is cut: its label names words the audio lacks, and CTC learns to emit letters over silence
+# or noise. Encoder delay and padding explain < 0.1 s (mp3: ~50 ms), a re-encode rarely 1-2%; a cut mp3 with no
+# Xing header decodes without error to wherever the file stops (4.25 s of 12.75 s in issue 14).
+TRUNCATED_SHORTFALL_S = 0.5  # seconds missing, and...
+TRUNCATED_SHORTFALL_SHARE = 0.1  # ...this share of the expected duration: both must be exceeded
+DURATION_COLUMNS = {"duration": 1.0, "duration_s": 1.0, "duration[ms]": 0.001, "duration_ms": 0.001}  # -> s
+VOTE_COLUMNS = ("up_votes", "down_votes")  # CV: whole numbers in every row of a release
+LOG_NAMED = 10  # clips named one by one in the log per skip reason; skipped.tsv lists them all
 CORE_COLUMNS = ("id", "audio", "text", "sentence", "duration", "speaker")
 RENAMED_COLUMNS = {"accent": "accents"}  # old CV releases: one schema for all
 # Duplicates keep the copy in the most protected split: a clip in both train and test stays in test.
@@ -99,6 +110,7 @@ class _Row:
     file: Path | None = None  # resolved, inside the corpus root
     text: str = ""
     unfiltered: str = ""  # the content filter that would have dropped this kept row in training (dev/test)
+    expected: float | None = None  # seconds, the duration the source gives (checked against the decoded audio)
 
 
 def _filters(config: PrepareConfig, split: str) -> bool:
@@ -115,10 +127,35 @@ def _pick(header: list[str], wanted: str | None, candidates: tuple[str, ...], wh
     return col
 
 
+def _bad_votes(r: dict) -> str | None:
+    """CV: why a row's vote columns are not whole numbers (a tab inside the sentence shifts every later column)."""
+    for c in VOTE_COLUMNS:
+        if c in r and not r[c].strip().isdigit():
+            return f"{c} is {r[c]!r}, expected a whole number: a tab inside the sentence shifts the columns; remove it"
+    return None
+
+
+def _duration(r: dict) -> float | None:
+    """Seconds from the first duration column a manifest has (None when absent, empty or not a number)."""
+    c = next((c for c in DURATION_COLUMNS if c in r), None)
+    try:
+        return float(r[c]) * DURATION_COLUMNS[c] if c is not None and r[c].strip() else None
+    except ValueError:
+        return None
+
+
 def _rows_from_table(path: Path, split_of, config: PrepareConfig, cv: bool) -> list[_Row]:
-    header, table = read_table(path)
+    """Rows of a CV table or manifest. A row whose fields do not match the header (or, in CV, whose votes are
+    not numbers) becomes a row marked `_bad_row`, skipped as `bad_row`: never re-aligned by guessing."""
+    bad: list[tuple[int, str]] = []
+    header, table = read_table(path, bad_rows=bad)
     header = [RENAMED_COLUMNS.get(h, h) for h in header]
     table = [{RENAMED_COLUMNS.get(k, k): v for k, v in r.items()} for r in table]
+    if cv:
+        missing = [c for c in ("path", "sentence") if c not in header]
+        if missing:
+            raise LrlError(f"{path}: no {' or '.join(repr(c) for c in missing)} column (a Common Voice table has "
+                           f"path and sentence); its columns are {header}. Fix the header line.")
     audio_col = "path" if cv else _pick(header, config.audio_column, AUDIO_COLUMNS, "audio", path)
     text_col = "sentence" if cv else _pick(header, config.text_column, TEXT_COLUMNS, "text", path)
     spk_col = next((c for c in SPEAKER_COLUMNS if c in header), None)
@@ -129,7 +166,15 @@ def _rows_from_table(path: Path, split_of, config: PrepareConfig, cv: bool) -> l
         rel = r.get(audio_col, "").strip()
         rid = r.get("id") or (f"{path.name}:{i}" if not rel else Path(rel).stem if cv else str(Path(rel).with_suffix("")))
         meta = {(f"src_{c}" if c in CORE_COLUMNS else c): r.get(c, "") for c in meta_cols}
-        rows.append(_Row(split_of(r), rid, rel, r.get(text_col, ""), r.get(spk_col, "") if spk_col else "", meta))
+        sentence = " ".join(r.get(text_col, "").splitlines())  # a quoted newline in a CSV field is a space
+        row = _Row(split_of(r), rid, rel, sentence, r.get(spk_col, "") if spk_col else "", meta, expected=_duration(r))
+        why = _bad_votes(r) if cv else None
+        if why:
+            row.meta["_bad_row"] = why
+        rows.append(row)
+    default = split_of({})
+    rows += [_Row(default, f"{path.name}:{i}", "", "", meta={"_bad_row": f"{path.name} line {i}: {detail}"})
+             for i, detail in bad]
     return rows
 
 
@@ -165,11 +210,29 @@ def _read_cv(src: Path, config: PrepareConfig) -> tuple[list[_Row], list[_Row], 
             else:
                 keep.append(r)
         rows = keep
+    durations = _clip_durations(src / CLIP_DURATIONS)
+    if durations:
+        tables.append(src / CLIP_DURATIONS)
+        for r in rows:
+            r.expected = durations.get(Path(r.path).name, r.expected)
     return rows, held, tables
 
 
+def _clip_durations(path: Path) -> dict[str, float]:
+    """Common Voice's clip -> duration in seconds (empty when the file is absent)."""
+    if not path.is_file():
+        return {}
+    ms = {}
+    for r in read_table(path, bad_rows=[])[1]:
+        try:
+            ms[r.get("clip", "")] = float(r.get("duration[ms]", "")) / 1000
+        except ValueError:
+            continue
+    return ms
+
+
 def _read_manifest(path: Path, config: PrepareConfig) -> list[_Row]:
-    header, _ = read_table(path)
+    header, _ = read_table(path, bad_rows=[])  # bad rows are counted by _rows_from_table
     has_split = "split" in header
     default = "train" if "train" in config.splits else config.splits[0]
     rows = _rows_from_table(path, lambda r: (r.get("split") or default) if has_split else default, config, cv=False)
@@ -188,6 +251,10 @@ def _read_folder(src: Path, config: PrepareConfig) -> tuple[list[_Row], list[Pat
         split = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in config.splits else default
         txt = p.with_suffix(".txt")
         row = _Row(split, str(rel.with_suffix("")), str(rel), "")
+        if txt.exists() and not txt.resolve().is_relative_to(src.resolve()):  # a symlink out of the corpus
+            row.meta["_unsafe_transcript"] = f"{txt.relative_to(src)} links outside {src}"
+            rows.append(row)
+            continue
         try:
             row.sentence = " ".join(read_text_lines(txt))
             texts.append(txt)
@@ -332,7 +399,10 @@ def _run_chunk(chunk: _Chunk) -> list[tuple[float | None, tuple[str, str] | None
             content = None
             if skip is None:
                 dur = len(samples) / SAMPLE_RATE
-                if dur < c.min_duration:
+                if row.expected is not None and row.expected - dur > max(TRUNCATED_SHORTFALL_S,
+                                                                          TRUNCATED_SHORTFALL_SHARE * row.expected):
+                    skip = ("truncated", f"decoded {dur:.2f} s of the {row.expected:.2f} s the source gives")
+                elif dur < c.min_duration:
                     content = ("too_short", f"{dur:.2f} s < {c.min_duration} s")
                 elif dur > c.max_duration:
                     content = ("too_long", f"{dur:.2f} s > {c.max_duration} s")
@@ -383,7 +453,8 @@ def _start_pool(num_proc: int, n_chunks: int):
     import soxr  # noqa: F401
 
     method = "fork" if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(min(num_proc, n_chunks), mp_context=mp.get_context(method))
+    pool = ProcessPoolExecutor(min(num_proc, n_chunks), mp_context=mp.get_context(method),
+                               initializer=guard.worker_init, initargs=(os.getpid(),))
     pool.submit(int).result()  # with fork, the first submit starts every worker: now, while we are one thread
     return pool
 
@@ -393,7 +464,9 @@ def _run_chunks(chunks: list[_Chunk], pool, skipped: list) -> list[tuple[_Row, f
     from tqdm.auto import tqdm
 
     kept = []
-    results = map(_run_chunk, chunks) if pool is None else pool.map(_run_chunk, chunks)
+    # Futures rather than pool.map: map cancels its futures when interrupted, and a cancelled future still in
+    # the pool makes Python 3.11's pool thread crash with a traceback once the workers are stopped.
+    results = map(_run_chunk, chunks) if pool is None else (f.result() for f in [pool.submit(_run_chunk, c) for c in chunks])
     with tqdm(total=sum(len(c.rows) for c in chunks), desc="decode", unit="clip", disable=None, leave=False) as bar:
         for chunk, res in zip(chunks, results, strict=True):
             for row, (dur, skip, unfiltered) in zip(chunk.rows, res, strict=True):
@@ -410,11 +483,17 @@ def _run_chunks(chunks: list[_Chunk], pool, skipped: list) -> list[tuple[_Row, f
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = None,
             vocab_dir: str | Path | None = None) -> dict:
     """Prepare `src` into the dataset directory `out`; returns the summary (also in out/summary.json).
-    A finished `out` with the same input fingerprint is reused without decoding again."""
-    from lrl.data.vocab import Vocab, build_vocab
-
+    A finished `out` with the same input fingerprint is reused without decoding again. A second run on the
+    same `out` while this one holds its lock fails at once (LrlError); SIGTERM cleans up as Ctrl-C does."""
     config = config or PrepareConfig()
     src, out = Path(src), Path(out)
+    with guard.output_lock(out), guard.sigterm_as_interrupt():
+        return _prepare(src, out, config, vocab_dir)
+
+
+def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path | None) -> dict:
+    from lrl.data.vocab import Vocab, build_vocab
+
     kind, root, rows, held, tables = read_source(src, config)
     unknown = sorted({r.split for r in rows} - set(config.splits))
     if unknown:
@@ -424,6 +503,12 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     skipped += [(r, "held_out", r.meta.pop("_held")) for r in held]
     pending = []
     for r in rows_out:
+        if "_bad_row" in r.meta:
+            skipped.append((r, "bad_row", r.meta.pop("_bad_row")))
+            continue
+        if "_unsafe_transcript" in r.meta:
+            skipped.append((r, "unsafe_path", r.meta.pop("_unsafe_transcript")))
+            continue
         reason = _resolve(r, root)
         if reason:
             skipped.append((r, reason, r.path))
@@ -439,7 +524,10 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     if vocab_dir is not None:
         vocab, vocab_source = Vocab.load(vocab_dir), str(vocab_dir)
     else:
-        train = [r.sentence for r in pending if r.split == "train" and "_missing_transcript" not in r.meta]
+        # A clip also in dev/test is kept there (SPLIT_PRIORITY): its train copy must not add characters.
+        eval_clips = {r.file for r in pending if r.split != "train"}
+        train = [r.sentence for r in pending
+                 if r.split == "train" and "_missing_transcript" not in r.meta and r.file not in eval_clips]
         if not train:
             from collections import Counter
 
@@ -498,7 +586,9 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
         if kind == "common_voice":
             summary["clip_durations"] = _check_clip_durations(src / CLIP_DURATIONS, kept_rows)
         _write_skipped(tmp / SKIPPED_FILE, skipped)
+        _log_named(skipped, ("truncated", "non_finite", "bad_row"))
         atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        guard.write_marker(tmp, FORMAT_VERSION)
         _publish(tmp, out)
     except BaseException:  # an error or Ctrl-C: no half-written directory stays behind (SIGKILL: the next run)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -513,7 +603,11 @@ def _write_dataset(tmp: Path, candidates, rows_out, vocab, vocab_dir, config: Pr
     chunks = _chunks(candidates, tmp, hf_datasets.arrow_schema(features), meta_cols, config)
     for split in {c.path.parent for c in chunks}:
         split.mkdir()
+    import multiprocessing as mp
+
+    before = set(mp.active_children())
     pool = _start_pool(config.num_proc, len(chunks))
+    workers = [p for p in mp.active_children() if p not in before]
     saver = None
     try:
         # Vocab.save builds an HF tokenizer (imports transformers + torch: seconds): overlap it with decoding.
@@ -523,6 +617,9 @@ def _write_dataset(tmp: Path, candidates, rows_out, vocab, vocab_dir, config: Pr
         except BrokenProcessPool as e:
             raise LrlError("a decoding worker died (out of memory, or a decoder crash on one clip); "
                            "rerun with --num-proc 1 to see which clip") from e
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no worker goes on writing into `tmp`
+        guard.stop_workers(workers)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -535,17 +632,22 @@ def _write_dataset(tmp: Path, candidates, rows_out, vocab, vocab_dir, config: Pr
     return kept_rows
 
 
+def _log_named(skipped: list, reasons: tuple[str, ...]) -> None:
+    """Name the clips skipped for `reasons` (faults in the corpus a user will want to see) in the log."""
+    for reason in reasons:
+        hits = [(r, detail) for r, why, detail in skipped if why == reason]
+        for r, detail in hits[:LOG_NAMED]:
+            logger.warning("%s: %s/%s (%s): %s", reason, r.split, r.id, r.path, detail)
+        if len(hits) > LOG_NAMED:
+            logger.warning("%s: %d more clips, listed in %s", reason, len(hits) - LOG_NAMED, SKIPPED_FILE)
+
+
 def _check_clip_durations(path: Path, kept: list) -> dict | None:
-    """Compare decoded durations with Common Voice's clip_durations.tsv (a cross-check of the decoder)."""
-    if not path.is_file():
+    """Compare decoded durations with Common Voice's clip_durations.tsv (a cross-check of the decoder;
+    clips decoding much shorter were already skipped as `truncated`)."""
+    ms = _clip_durations(path)
+    if not ms:
         return None
-    _, table = read_table(path)
-    ms = {}
-    for r in table:
-        try:
-            ms[r.get("clip", "")] = float(r.get("duration[ms]", "")) / 1000
-        except ValueError:
-            continue
     pairs = [(d, ms[Path(r.path).name]) for r, d in kept if Path(r.path).name in ms]
     diffs = [abs(d - want) for d, want in pairs]
     bad = sum(abs(d - want) > max(CLIP_DURATION_TOLERANCE, 0.05 * want) for d, want in pairs)
@@ -594,13 +696,23 @@ def _reuse(out: Path, fp: str, overwrite: bool) -> dict | None:
             return None
         raise LrlError(f"{out} exists and is not a dataset made by `lrl data prepare` (no {SUMMARY_FILE}); "
                        "choose another --out or remove it")
-    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        summary = None
+    if not isinstance(summary, dict):
+        raise LrlError(f"{out} holds a {SUMMARY_FILE} that is not the JSON object `lrl data prepare` writes, so "
+                       "it is not a prepared dataset; choose another --out, or remove the folder yourself")
     if summary.get("fingerprint") == fp and (out / "dataset_dict.json").is_file():
         logger.info("%s was prepared from identical inputs (fingerprint %s): reused, nothing decoded", out, fp[:12])
         return {**summary, "reused": True}
     if not overwrite:
         raise LrlError(f"{out} was prepared from other inputs or options (fingerprint {summary.get('fingerprint', '?')[:12]}, "
                        f"now {fp[:12]}); pass --overwrite to replace it, or choose another --out")
+    if not guard.is_marked(out):
+        raise LrlError(f"{out} holds a {SUMMARY_FILE} but no {guard.PREPARED_MARKER} marker, so it is not a dataset "
+                       "that `lrl data prepare` wrote (or one written before markers existed); --overwrite replaces "
+                       "only those. Choose another --out, or remove the folder yourself")
     return None
 
 

@@ -143,9 +143,22 @@ class Vocab:
         path = directory / VOCAB_FILE
         if not path.is_file():
             raise LrlError(f"no {VOCAB_FILE} in {directory}: build one with `lrl vocab build`")
-        t2i = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            t2i = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LrlError(f"{path} is not a valid vocabulary (expected UTF-8 JSON {{token: id}}, found {e}); "
+                           "rebuild it with `lrl vocab build`") from e
+        ids = list(t2i.values()) if isinstance(t2i, dict) else None
+        if ids is None or not all(type(i) is int for i in ids) or sorted(ids) != list(range(len(ids))):
+            found = type(t2i).__name__ if ids is None else f"ids {sorted(map(str, ids))[:8]}"
+            raise LrlError(f"{path} is not a valid vocabulary (expected {{token: id}} with ids 0..n-1, found "
+                           f"{found}); rebuild it with `lrl vocab build`")
         tokens = tuple(t for t, _ in sorted(t2i.items(), key=lambda kv: kv[1]))
-        return cls(tokens=tokens, normalizer=NormalizerConfig.load(directory))
+        normalizer = NormalizerConfig.load(directory)  # its errors name normalizer.json
+        try:
+            return cls(tokens=tokens, normalizer=normalizer)
+        except ValueError as e:
+            raise LrlError(f"{path} is not a valid vocabulary ({e}); rebuild it with `lrl vocab build`") from e
 
     def to_tokenizer(self):
         """A `Wav2Vec2CTCTokenizer` over these tokens (pad = blank = id 0, no `<s>`/`</s>`)."""

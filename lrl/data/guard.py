@@ -1,0 +1,124 @@
+"""What keeps a preparation run from harming other files and processes: the lock on an output directory (one
+writer at a time), the marker that says a directory is a dataset lrl wrote (and so may replace), SIGTERM
+handled like Ctrl-C, and decoding workers that die with their parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from lrl.core.io import LrlError, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# Written into every directory `prepare` publishes; only a directory holding it may be replaced (--overwrite).
+PREPARED_MARKER = ".lrl-prepared"
+LOCK_SUFFIX = ".lock"  # OUT.lock beside OUT, held while a run writes OUT; removed at the end
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def write_marker(directory: Path, fmt: int) -> None:
+    atomic_write_text(directory / PREPARED_MARKER,
+                      json.dumps({"written_by": "lrl data prepare", "format": fmt}) + "\n")
+
+
+def is_marked(directory: Path) -> bool:
+    return (directory / PREPARED_MARKER).is_file()
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on OUT.lock while the body runs; a second run on the same OUT fails at once.
+
+    Failing rather than waiting: the second run was started with its own options, and after a wait it would
+    either reuse the first run's output or replace it, and the user could not tell which. The lock file is
+    removed at the end; a lock taken on a file that was meanwhile removed is retried, so two runs never hold
+    locks on two different files. Without fcntl (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = out.parent / f"{out.name}{LOCK_SUFFIX}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise LrlError(f"{out} is being written by another `lrl data prepare` (pid {holder}, lock {path}); "
+                           "wait for it to finish, or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the body, SIGTERM raises KeyboardInterrupt in the main thread, so that `kill PID` cleans up
+    (temporary directory, workers) as Ctrl-C does. The previous handler is restored after. A no-op off the
+    main thread, where Python cannot install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def worker_init(parent_pid: int) -> None:
+    """Initializer of a decoding worker: die with the parent (kill -9 of the parent leaves no orphan holding
+    memory and writing into a dead run's directory). Linux: the kernel sends SIGKILL when the parent exits
+    (prctl PR_SET_PDEATHSIG); the parent may have died before that call, so its pid is checked after it.
+    SIGTERM goes back to its default (a worker forked while the parent's handler was installed must not
+    raise KeyboardInterrupt into the pool's pipes)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError) as e:  # pragma: no cover - a libc without prctl
+            logger.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", e)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def stop_workers(workers) -> None:
+    """Kill worker processes (multiprocessing.Process) now: used when the run is failing or interrupted,
+    so that no worker goes on decoding, or writes into a directory that is being removed."""
+    for p in workers:
+        with contextlib.suppress(Exception):
+            p.kill()
+    for p in workers:
+        with contextlib.suppress(Exception):
+            p.join(timeout=5)
