@@ -1,8 +1,8 @@
 """The `lrl` command line: maps options to configs and calls one library function per command.
 
 Heavy imports (torch, transformers, datasets) happen inside the commands, so `lrl --help` is instant.
-User errors (LrlError, ValueError, FileNotFoundError, ImportError) print one line and exit 1;
-set LRL_DEBUG=1 for the traceback.
+User errors (LrlError, ValueError, FileNotFoundError, ImportError) print one line and exit 1; any other
+exception prints one line and exits 2, Ctrl-C exits 130; set LRL_DEBUG=1 for the traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
+import click
 import typer
 
 # Choices and defaults come from the library (its Literal types, config dataclasses and function signatures);
@@ -78,8 +79,14 @@ def _main(
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+EXIT_USER_ERROR = 1  # an error the user can fix (bad input, missing file or extra)
+EXIT_UNEXPECTED = 2  # any other exception: a bug or an environment fault, shown as one line
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+
 def _user_errors(fn):
-    """Turn the errors a user can fix into one clear line and exit code 1 (no traceback)."""
+    """Turn every exception into one line on stderr (no traceback unless LRL_DEBUG=1): errors a user can fix
+    exit 1, anything unexpected exits 2 and says so, Ctrl-C exits 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -87,11 +94,23 @@ def _user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.ClickException, SystemExit):  # Typer's own exits and usage errors
+            raise
         except (LrlError, ValueError, FileNotFoundError, ImportError, NotADirectoryError) as e:
             if os.environ.get("LRL_DEBUG"):
                 raise
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            if os.environ.get("LRL_DEBUG"):
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as e:  # noqa: BLE001 - the last resort: no traceback reaches the user
+            if os.environ.get("LRL_DEBUG"):
+                raise
+            typer.echo(f"error: {type(e).__name__}: {e} (unexpected; LRL_DEBUG=1 shows the traceback)", err=True)
+            raise typer.Exit(EXIT_UNEXPECTED) from None
 
     return wrapper
 
@@ -168,6 +187,7 @@ def vocab_build(
     lowercase: Annotated[bool, typer.Option(help="Lowercase the text.")] = NormalizerConfig.lowercase,
     keep: Annotated[str, typer.Option(help="Punctuation characters kept as letters (apostrophe look-alikes fold to ').")] = NormalizerConfig.keep,
     digits: Annotated[DigitsOpt, typer.Option(help="Sentences with digits: keep, drop the sentence, or error.")] = DigitsOpt(NormalizerConfig.digits),
+    keep_format: Annotated[str | None, typer.Option(help="Format characters (Unicode Cf: ZWNJ, ZWJ...) kept in the text, e.g. $'\\u200c'; others are dropped. Default: the language's (ZWNJ for fa).")] = NormalizerConfig.keep_format,
     min_count: Annotated[int, typer.Option(help="Characters seen fewer times are rare.", min=1)] = VocabBuildConfig.min_count,
     rare: Annotated[RareOpt, typer.Option(help="Rare characters: keep as tokens, or exclude (become [UNK] / dropped by data).")] = RareOpt(VocabBuildConfig.rare),
     script: Annotated[str | None, typer.Option(help="Expected script, e.g. Latin (default: that of most letters).")] = VocabBuildConfig.script,
@@ -178,7 +198,8 @@ def vocab_build(
     from lrl.data.vocab import build_vocab, read_transcripts, write_report
 
     norm = NormalizerConfig(
-        unicode_form=unicode_form.value, lowercase=lowercase, language=language, keep=keep, digits=digits.value
+        unicode_form=unicode_form.value, lowercase=lowercase, language=language, keep=keep, digits=digits.value,
+        keep_format=keep_format,
     )
     alpha = None
     if alphabet is not None:

@@ -205,6 +205,100 @@ def load_for_ctc(
     return model
 
 
+# -- loading a fine-tuned CTC model for inference (evaluate, transcribe, lm tune) ---------------------------
+def _read_json(path: Path, what: str):
+    """A JSON file of a model directory; LrlError naming the file when it is not UTF-8 JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LrlError(f"{path} is not valid UTF-8 JSON ({e}): expected the {what} saved with the model; "
+                       "copy the model directory again or save it with `lrl train run`") from e
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape of a safetensors file, read from its header (safetensors checks that the header
+    is whole and the file covers every tensor). LrlError naming the file when it is truncated or corrupt."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as st:
+            return {k: list(st.get_slice(k).get_shape()) for k in st.keys()}
+    except (SafetensorError, OSError) as e:
+        raise LrlError(f"{path} is truncated or corrupt ({' '.join(str(e).split())}; {path.stat().st_size} bytes): "
+                       "expected a whole safetensors file; copy or save the model again") from e
+
+
+def check_ctc_model(model_dir: str | Path, allow_pickle: bool = False) -> int:
+    """Check a saved fine-tuned `Wav2Vec2ForCTC` directory before loading it: a directory with a wav2vec2
+    config.json and weights (safetensors, or pickle only with `allow_pickle`), whole safetensors files and a
+    CTC head whose size the config agrees with. Returns the head's number of outputs; raises LrlError naming
+    the file at fault."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise LrlError(f"{model_dir}: not a model directory (expected the output directory of `lrl train run`)")
+    check_local_weights(model_dir, allow_pickle)
+    cfg = _read_json(model_dir / "config.json", "Wav2Vec2 config")
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "wav2vec2":
+        found = cfg.get("model_type") if isinstance(cfg, dict) else type(cfg).__name__
+        raise LrlError(f"{model_dir / 'config.json'}: expected a wav2vec2 model config, found model_type={found!r}")
+    outputs = cfg.get("vocab_size")
+    index = model_dir / SAFE_WEIGHTS[1]
+    if (model_dir / SAFE_WEIGHTS[0]).is_file():
+        weights = model_dir / SAFE_WEIGHTS[0]
+        head = safetensors_shapes(weights).get("lm_head.weight")
+    elif index.is_file():
+        wmap = _read_json(index, "shard index").get("weight_map", {})
+        shapes = {}
+        for shard in sorted(set(wmap.values())):
+            if not (model_dir / shard).is_file():
+                raise LrlError(f"{index} names the shard {shard}, which is missing: copy the model directory again")
+            shapes.update(safetensors_shapes(model_dir / shard))
+        weights, head = index, shapes.get("lm_head.weight")
+    else:  # pickle weights, allowed: the head is only known once loaded
+        return int(outputs) if isinstance(outputs, int) else -1
+    if head is None:
+        raise LrlError(f"{weights} has no CTC head (lm_head.weight): expected a fine-tuned Wav2Vec2ForCTC, found a "
+                       "pretraining or bare checkpoint; fine-tune it first with `lrl train run`")
+    if outputs != head[0]:
+        raise LrlError(f"{model_dir / 'config.json'} says vocab_size={outputs} but the CTC head in {weights.name} has "
+                       f"{head[0]} outputs: the config does not belong to these weights")
+    return int(head[0])
+
+
+def load_ctc_model(model_dir: str | Path, allow_pickle: bool = False):
+    """A saved fine-tuned `Wav2Vec2ForCTC` (eval mode, float32) and its feature extractor, after
+    `check_ctc_model`. Safetensors only unless `allow_pickle` (pickles load weights-only); remote code is
+    never run. Load failures become LrlError naming the model directory."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
+
+    model_dir = Path(model_dir)
+    check_ctc_model(model_dir, allow_pickle)
+    try:
+        with _quiet_transformers():
+            model = Wav2Vec2ForCTC.from_pretrained(
+                str(model_dir), use_safetensors=None if allow_pickle else True, trust_remote_code=False,
+                dtype=torch.float32,
+            )
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError) as e:
+        weights = next((model_dir / f for f in SAFE_WEIGHTS + PICKLE_WEIGHTS if (model_dir / f).is_file()), model_dir)
+        hint = " (a pickle loads weights-only: tensors, no code)" if weights.name in PICKLE_WEIGHTS else ""
+        raise LrlError(f"cannot load {weights}{hint}: {' '.join(str(e).split())[:300]}") from e
+    configs = [model_dir / f for f in ("preprocessor_config.json", "processor_config.json") if (model_dir / f).is_file()]
+    for path in configs:
+        _read_json(path, "feature extractor config")
+    try:
+        extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(model_dir))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        where = configs[0] if configs else model_dir / "preprocessor_config.json"
+        raise LrlError(f"{where}: cannot read the feature extractor ({' '.join(str(e).split())[:300]}); expected "
+                       "the processor files `lrl train run` saves beside the model") from e
+    return model.eval(), extractor
+
+
 def _read_head(source: Path, allow_pickle: bool):
     """lm_head weight and bias of a CTC checkpoint directory, read without building the model."""
     import torch
