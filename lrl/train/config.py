@@ -274,7 +274,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         path = Path(path)
         if not path.is_file():
             raise LrlError(f"{path}: no such config file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise LrlError(f"{path} is not UTF-8 (byte {e.start}: {e.object[e.start:e.start + 4]!r}); "
+                           "save the config as UTF-8") from e
         try:
             if path.suffix.lower() == ".toml":
                 import tomllib
