@@ -34,8 +34,8 @@ from lrl.decode.lm import OOVPolicy as LMOOVPolicy
 from lrl.demo import DemoConfig, DemoStart
 from lrl.evaluate.scoring import EvaluateConfig
 from lrl.evaluate.scoring import evaluate as _evaluate
-from lrl.evaluate.transcribe import TranscribeConfig
-from lrl.evaluate.transcribe import transcribe as _transcribe
+from lrl.evaluate.transcribe import TranscribeConfig, TranscribeFailure
+from lrl.evaluate.transcribe import iter_transcripts as _iter_transcripts
 from lrl.evaluate.tuning import TuneConfig
 from lrl.evaluate.tuning import tune as _tune
 from lrl.models.checkpoints import TinySize
@@ -527,13 +527,14 @@ def lm_tune(
     beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best WER wins.")] = _csv(TuneConfig.beam_widths),
     workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).", min=0)] = TuneConfig.workers,
     install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = _TUNE["install"],
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = _TUNE["allow_pickle"],
 ) -> None:
     """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
     cfg = TuneConfig(
         alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, grid_beam=grid_beam,
         beam_widths=tuple(int(b) for b in _floats(beam_widths, "--beam-widths")), workers=workers,
     )
-    r, out = _tune(model, data, lm=lm, split=split, config=cfg, install=install)
+    r, out = _tune(model, data, lm=lm, split=split, config=cfg, install=install, allow_pickle=allow_pickle)
     b = r.best
     d = r.default
     typer.echo(f"{split} WER: greedy {r.greedy_wer:.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.wer:.2%} | "
@@ -617,10 +618,11 @@ def evaluate(
     workers: Annotated[int, typer.Option(help="LM decoding processes (0 = all cores).", min=0)] = EvaluateConfig.lm_workers,
     chunk_seconds: Annotated[float, typer.Option(help="Clips longer than this are run in overlapping chunks of this many seconds.")] = EvaluateConfig.chunk_seconds,
     stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = EvaluateConfig.stride_seconds,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = EvaluateConfig.allow_pickle,
 ) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM; rows not scored are counted with their reason."""
     cfg = EvaluateConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
-                         chunk_seconds=chunk_seconds, stride_seconds=stride_seconds)
+                         chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, allow_pickle=allow_pickle)
     r = _evaluate(model, data, cfg, lm=lm, use_lm=not no_lm, out_dir=out)
     typer.echo(r.counts() + ("; log-probs from the cache" if r.cached else ""))
     if r.decoder:
@@ -639,13 +641,26 @@ def transcribe(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per file, with word timestamps.")] = False,
     chunk_seconds: Annotated[float, typer.Option(help="Long audio is decoded in chunks of this many seconds.")] = TranscribeConfig.chunk_seconds,
     stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = TranscribeConfig.stride_seconds,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = TranscribeConfig.allow_pickle,
 ) -> None:
-    """Transcribe audio files or folders."""
+    """Transcribe audio files or folders: one line (or JSON object) per file as it is done; a file that cannot
+    be read is reported on stderr, the others go on, and the exit code is 1 if any failed."""
     import json
 
-    cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm)
-    for t in _transcribe(model, audio, cfg, lm=lm):
-        typer.echo(json.dumps(t.to_dict(), ensure_ascii=False) if json_out else f"{t.path}\t{t.text}")
+    cfg = TranscribeConfig(chunk_seconds=chunk_seconds, stride_seconds=stride_seconds, use_lm=not no_lm,
+                           allow_pickle=allow_pickle)
+    total = failed = 0
+    for t in _iter_transcripts(model, audio, cfg, lm=lm):
+        total += 1
+        if isinstance(t, TranscribeFailure):
+            failed += 1
+            typer.echo(f"error: {t.error}", err=True)
+        else:  # typer.echo flushes: each result is out before the next file is read
+            typer.echo(json.dumps(t.to_dict(), ensure_ascii=False) if json_out else f"{t.path}\t{t.text}")
+    if failed:
+        if total > 1:
+            typer.echo(f"error: {failed} of {total} files could not be transcribed", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

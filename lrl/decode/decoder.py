@@ -231,6 +231,12 @@ class CTCDecoder:
                 lm = model_dir / LM_DIR
             elif saved.get("lm") and Path(saved["lm"]).exists():
                 lm = saved["lm"]
+        if lm is not None and _tuned_for_another_lm(saved, lm):
+            logger.warning(
+                "%s holds alpha/beta tuned on another LM (%s), not on %s: decoding with that LM's own settings "
+                "(attrs.json, else the defaults). Run `lrl lm tune %s DATA --lm %s` to tune them for it.",
+                model_dir / DECODER_FILE, saved.get("lm_source") or saved.get("lm"), lm, model_dir, lm)
+            saved = {k: v for k, v in saved.items() if k not in TUNED_KEYS}
         attrs = {}
         if lm is not None:  # pyctcdecode's attrs.json, unless decoder.json says otherwise
             a = find_lm(lm).attrs
@@ -444,6 +450,36 @@ def _to_hyp(res: tuple) -> Hypothesis:
 
 
 # -- decoder.json -------------------------------------------------------------------------------------
+TUNED_KEYS = ("alpha", "beta", "beam_width", "unk_score_offset", "score_boundary")  # what `lrl lm tune` fits to an LM
+
+
+def lm_identity(lm: str | Path) -> str:
+    """sha256 of an LM's content: its KenLM file and its sorted unigram set. A copy installed into a model
+    directory (`install_lm`: the same file, unigrams rewritten sorted) has the identity of its source."""
+    import hashlib
+
+    from lrl.decode.lm import find_lm, read_unigrams
+
+    files = find_lm(lm)
+    h = hashlib.sha256()
+    with open(files.model, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(b"\0unigrams\0" + "\n".join(sorted(set(read_unigrams(files) or []))).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _tuned_for_another_lm(saved: dict, lm: str | Path) -> bool:
+    """Whether decoder.json's tuned values belong to an LM other than `lm`: by `lm_identity` when recorded,
+    else (a decoder.json from before it was recorded) by the LM's path."""
+    if not any(k in saved for k in TUNED_KEYS) or not (saved.get("lm") or saved.get("lm_identity")):
+        return False
+    if saved.get("lm_identity"):
+        return lm_identity(lm) != saved["lm_identity"]
+    known = {Path(p).resolve() for p in (saved.get("lm"), saved.get("lm_source")) if p}
+    return Path(lm).resolve() not in known
+
+
 def read_decoder_json(model_dir: str | Path) -> dict:
     path = Path(model_dir) / DECODER_FILE
     if not path.is_file():

@@ -1,7 +1,8 @@
 """Running a saved CTC model: `AcousticModel` (batched by seconds of padded audio) and `chunked_log_probs` for
 clips longer than a chunk; `split_log_probs`, the log-probs of a prepared split, cached on disk under the
-dataset directory and keyed by the model's weights + config and the split's files (names, sizes, mtimes) and
-row count. Scoring, tuning and transcription all start from here.
+dataset directory and keyed by the model's weights + config + vocabulary and the split's files (names, sizes,
+mtimes) and row count. `check_model` is the one check of a model directory (weights, config, a vocabulary the
+size of the head) every load goes through. Scoring, tuning and transcription all start from here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,37 +21,66 @@ from lrl.core.batching import pack_batches
 from lrl.core.cpu import set_torch_threads
 from lrl.core.hf_transformers import conv_output_lengths
 from lrl.core.io import LrlError, atomic_write_bytes
-from lrl.models.checkpoints import PICKLE_WEIGHTS, SAFE_WEIGHTS
+from lrl.models.checkpoints import PICKLE_WEIGHTS, SAFE_WEIGHTS, check_ctc_model, load_ctc_model
 
 if TYPE_CHECKING:
+    from lrl.data.vocab import Vocab
     from lrl.evaluate.scoring import EvaluateConfig
     from lrl.evaluate.transcribe import TranscribeConfig
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".lrl-cache/logits"  # under the prepared dataset directory
-CACHE_VERSION = 1  # bump when the cached arrays change meaning
+CACHE_VERSION = 2  # bump when the cached arrays change meaning (2: rows with NaN/Inf audio left out)
 WEIGHT_FILES = (SAFE_WEIGHTS[0], PICKLE_WEIGHTS[0])  # single-file weights (a shard index would not fingerprint its shards)
 CHUNK_SECONDS = 20.0  # audio per forward pass of long clips (= the default longest training clip)
 STRIDE_SECONDS = 2.0  # context on each side of a chunk whose frames are dropped when merging
 
 
 # -- the acoustic model ---------------------------------------------------------------------------------
+def check_model(model_dir: str | Path, allow_pickle: bool = False) -> Vocab:
+    """The vocabulary of a saved CTC model directory, after checking the directory (`check_ctc_model`: config,
+    weights, head) and that vocab.json has one token per output of the head (another vocabulary would decode
+    with the wrong token map). LrlError naming the file at fault."""
+    from lrl.data.vocab import Vocab
+
+    model_dir = Path(model_dir)
+    outputs = check_ctc_model(model_dir, allow_pickle)
+    try:
+        vocab = Vocab.load(model_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise LrlError(f"{model_dir}: cannot read the model's vocabulary ({e}); a model directory holds vocab.json "
+                       "and normalizer.json beside the weights (`lrl train run` writes them)") from e
+    if outputs >= 0 and len(vocab) != outputs:
+        raise LrlError(f"{model_dir / 'vocab.json'} has {len(vocab)} tokens but the model's head has {outputs} outputs: "
+                       "expected the vocabulary the model was trained with (the vocab.json `lrl train run` saved "
+                       "beside it)")
+    return vocab
+
+
+def min_samples(config) -> int:
+    """The shortest input that gives one output frame: the conv front end's receptive field."""
+    n = 1
+    for k, s in zip(reversed(config.conv_kernel), reversed(config.conv_stride), strict=True):
+        n = (n - 1) * s + k
+    return n
+
+
 class AcousticModel:
-    """A saved `Wav2Vec2ForCTC` + its feature extractor, returning per-utterance log-probs (frames, vocab)."""
+    """A saved `Wav2Vec2ForCTC` + its feature extractor, returning per-utterance log-probs (frames, vocab).
+    Loading checks the directory (`check_model`); pickle weights only with `allow_pickle`."""
 
-    def __init__(self, model_dir: str | Path, threads: int = 0):
-        import torch
-        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
-
+    def __init__(self, model_dir: str | Path, threads: int = 0, allow_pickle: bool = False):
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").is_file():
-            raise LrlError(f"{self.model_dir} is not a model directory (no config.json): pass the output of `lrl train`")
+        self.vocab = check_model(self.model_dir, allow_pickle)
         set_torch_threads(threads)  # lrl.core.cpu: 0 = from the CPUs free right now
-        self.model = Wav2Vec2ForCTC.from_pretrained(str(self.model_dir), dtype=torch.float32).eval()
-        self.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(str(self.model_dir))
+        self.model, self.feature_extractor = load_ctc_model(self.model_dir, allow_pickle)
+        if self.model.config.vocab_size != len(self.vocab):  # pickle weights: the head is known only now
+            raise LrlError(f"{self.model_dir / 'vocab.json'} has {len(self.vocab)} tokens but the model's head has "
+                           f"{self.model.config.vocab_size} outputs: expected the vocabulary the model was trained with")
         self.sample_rate = int(self.feature_extractor.sampling_rate)
         self.ratio = int(self.model.config.inputs_to_logits_ratio)  # samples per output frame
+        self.min_samples = min_samples(self.model.config)
 
     @property
     def frame_seconds(self) -> float:
@@ -62,6 +92,13 @@ class AcousticModel:
         import torch
 
         out: list[np.ndarray | None] = [None] * len(waves)
+        short = [i for i, w in enumerate(waves) if len(w) < self.min_samples]
+        if short:  # shorter than the conv front end's receptive field: no frame at all; zeros make one
+            logger.info("%d clip(s) shorter than %.3f s padded with silence to give one frame", len(short),
+                        self.min_samples / self.sample_rate)
+            waves = list(waves)
+            for i in short:
+                waves[i] = np.pad(waves[i], (0, self.min_samples - len(waves[i])))
         # a clip over the cap runs alone either way: capping its duration at the cap keeps pack_batches'
         # warning about such clips (worded for training data) out of inference
         seconds = [min(len(w) / self.sample_rate, batch_seconds) for w in waves]
@@ -112,7 +149,7 @@ def _hash_file(path: Path, h) -> None:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of the model's weights file and config.json."""
+    """sha256 of the model's weights file, config.json and vocab.json (the token map of the log-probs)."""
     model_dir = Path(model_dir)
     h = hashlib.sha256()
     weights = [model_dir / w for w in WEIGHT_FILES if (model_dir / w).is_file()]
@@ -120,6 +157,8 @@ def model_fingerprint(model_dir: str | Path) -> str:
         raise LrlError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {model_dir}: is this a saved Wav2Vec2ForCTC?")
     _hash_file(weights[0], h)
     _hash_file(model_dir / "config.json", h)
+    if (model_dir / "vocab.json").is_file():
+        _hash_file(model_dir / "vocab.json", h)
     return h.hexdigest()
 
 
@@ -136,6 +175,7 @@ class SplitLogProbs:
     cached: bool = False
     key: str = ""
     split_rows: int = -1  # rows of the split before max_utterances (-1: as many as ids)
+    non_finite: list[str] = field(default_factory=list)  # ids of rows left out: NaN/Inf samples
 
     @property
     def audio_seconds(self) -> float:
@@ -148,7 +188,8 @@ def _save_cache(path: Path, s: SplitLogProbs) -> None:
     lengths = np.array([len(x) for x in s.logps], dtype=np.int64)
     flat = np.concatenate(s.logps).astype(np.float32) if s.logps else np.zeros((0, 0), np.float32)
     meta = {"version": CACHE_VERSION, "ids": s.ids, "refs": s.refs, "durations": s.durations,
-            "model_seconds": s.model_seconds, "frame_seconds": s.frame_seconds, "split_rows": s.split_rows}
+            "model_seconds": s.model_seconds, "frame_seconds": s.frame_seconds, "split_rows": s.split_rows,
+            "non_finite": s.non_finite}
     buf = io.BytesIO()
     np.savez(buf, logp=flat, lengths=lengths, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
     atomic_write_bytes(path, buf.getvalue())
@@ -167,7 +208,8 @@ def _load_cache(path: Path, key: str) -> SplitLogProbs | None:
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     logps = [flat[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
     return SplitLogProbs(meta["ids"], meta["refs"], meta["durations"], logps, meta["model_seconds"],
-                         meta["frame_seconds"], cached=True, key=key, split_rows=meta.get("split_rows", -1))
+                         meta["frame_seconds"], cached=True, key=key, split_rows=meta.get("split_rows", -1),
+                         non_finite=list(meta.get("non_finite", [])))
 
 
 def _split_files(ds, split_dir: Path) -> list[tuple[str, int, int]]:
@@ -188,6 +230,7 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: Evaluat
     from lrl.data.prepare import load_prepared
 
     data_dir = Path(data_dir)
+    model_vocab = check_model(model_dir, config.allow_pickle)  # on every call: the cache may hide a broken model
     dd, data_vocab = load_prepared(data_dir)
     if config.split not in dd:
         raise LrlError(f"{data_dir} has no split {config.split!r}; it has {sorted(dd)}. Choose one with --split.")
@@ -204,20 +247,26 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: Evaluat
         loaded = _load_cache(path, key)
         if loaded is not None:
             logger.info("log-probs of %s/%s from the cache %s", data_dir.name, config.split, path)
+            _warn_non_finite(loaded.non_finite, config.split)
             return loaded
-    _check_vocab(model_dir, data_vocab)
-    am = AcousticModel(model_dir, threads=config.threads)
+    _check_vocab(model_vocab, data_vocab)
+    am = AcousticModel(model_dir, threads=config.threads, allow_pickle=config.allow_pickle)
     ids = [str(x) for x in list(ds["id"])]
     refs = [str(x) for x in list(ds["text"])]
     durations = [float(x) for x in list(ds["duration"])]
     waves = [np.asarray(a, dtype=np.float32) for a in list(ds["audio"])]
+    finite = [bool(np.isfinite(w).all()) for w in waves]
+    non_finite = [i for i, ok in zip(ids, finite, strict=True) if not ok]
+    _warn_non_finite(non_finite, config.split)
+    ids, refs, durations, waves = ([x for x, ok in zip(xs, finite, strict=True) if ok]
+                                   for xs in (ids, refs, durations, waves))
     t0 = time.perf_counter()
     long = [len(w) > config.chunk_seconds * am.sample_rate for w in waves]
     batched = iter(am.log_probs([w for w, x in zip(waves, long, strict=True) if not x], config.batch_seconds))
     logps = [chunked_log_probs(am, w, config.chunking()) if x else next(batched) for w, x in zip(waves, long, strict=True)]
     seconds = time.perf_counter() - t0
     out = SplitLogProbs(ids, refs, durations, logps, seconds, am.frame_seconds, cached=False, key=key,
-                        split_rows=split_rows)
+                        split_rows=split_rows, non_finite=non_finite)
     if config.cache:
         _save_cache(path, out)
     logger.info("log-probs of %d utterances (%.1f s audio) in %.1f s (RTF %.3f)", len(ids), out.audio_seconds,
@@ -225,18 +274,38 @@ def split_log_probs(model_dir: str | Path, data_dir: str | Path, config: Evaluat
     return out
 
 
-def _check_vocab(model_dir: str | Path, data_vocab) -> None:
-    from lrl.data.vocab import Vocab
+def _warn_non_finite(ids: list[str], split: str) -> None:
+    if ids:
+        logger.warning("%d row(s) of %s have NaN or infinite samples and are not scored (non_finite): %s; prepare "
+                       "the data again with `lrl data prepare`, which skips such clips", len(ids), split,
+                       ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
 
-    try:
-        model_vocab = Vocab.load(model_dir)
-    except (LrlError, FileNotFoundError) as e:
-        raise LrlError(f"{model_dir}: cannot read the model's vocabulary/normaliser ({e}); a model dir holds the "
-                       "processor files and normalizer.json (`lrl train` writes them)") from e
+
+def _check_vocab(model_vocab: Vocab, data_vocab: Vocab) -> None:
     if model_vocab.tokens != data_vocab.tokens:
         logger.warning("the model's vocabulary differs from the dataset's (%d vs %d tokens): references are "
                        "scored as they are, but the model may not be able to write some of their characters",
                        len(model_vocab), len(data_vocab))
+
+
+def load_decoder(model_dir: str | Path, lm: str | Path | None = None, workers: int = 0, use_lm: bool = True):
+    """The model's `CTCDecoder` (its vocabulary, decoder.json and LM; greedy only without `use_lm`), with the
+    LM loaded now, so an LM file KenLM cannot read is one LrlError naming it, not a failure mid-decoding."""
+    from lrl.data.vocab import Vocab
+    from lrl.decode.decoder import CTCDecoder
+    from lrl.decode.lm import find_lm
+
+    if not use_lm:
+        return CTCDecoder.from_vocab(Vocab.load(model_dir))
+    decoder = CTCDecoder.load(model_dir, lm=lm, workers=workers)
+    if decoder.has_lm:
+        try:
+            decoder.key  # noqa: B018 - builds the search (loads the LM)
+        except (OSError, RuntimeError, UnicodeDecodeError) as e:
+            model = find_lm(decoder.lm_path).model
+            raise LrlError(f"{model}: KenLM cannot read this LM ({' '.join(str(e).split())[:200]}); expected a KenLM "
+                           "binary or ARPA file: rebuild it with `lrl lm build`") from e
+    return decoder
 
 
 def warn_if_flat(logps: list[np.ndarray], threshold: float = 0.5) -> None:

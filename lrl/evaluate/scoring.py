@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lrl.core.io import LrlError, atomic_write_text
-from lrl.evaluate.inference import CHUNK_SECONDS, STRIDE_SECONDS, split_log_probs, warn_if_flat
+from lrl.evaluate.inference import CHUNK_SECONDS, STRIDE_SECONDS, load_decoder, split_log_probs, warn_if_flat
 from lrl.evaluate.transcribe import TranscribeConfig
 
 UTTERANCES_FILE = "utterances.tsv"
@@ -31,6 +31,7 @@ class EvaluateConfig:
     lm_workers: int = 0  # processes for LM decoding; 0 = all cores
     chunk_seconds: float = CHUNK_SECONDS  # clips longer than this run in overlapping chunks, as `lrl transcribe`
     stride_seconds: float = STRIDE_SECONDS  # context on each side of a chunk, dropped when merging
+    allow_pickle: bool = False  # also load pickle (pytorch_model.bin) weights: only from sources you trust
 
     def __post_init__(self) -> None:
         self.chunking()  # validates chunk_seconds / stride_seconds
@@ -85,7 +86,8 @@ class EvalResult:
     split: str
     n: int  # utterances scored
     not_scored: dict  # rows of the split not scored, per reason: what `lrl data prepare` skipped (skipped.tsv),
-    # empty_reference (empty under the model's normaliser), max_utterances (left out by --max-utterances)
+    # empty_reference (empty under the model's normaliser), max_utterances (left out by --max-utterances),
+    # non_finite (NaN/Inf samples)
     greedy: Score
     lm: Score | None
     rtf_model: float  # model seconds per audio second (from when the log-probs were computed)
@@ -137,20 +139,20 @@ def evaluate(
     from lrl.core.text import Normalizer
     from lrl.data.prepare import split_record
     from lrl.data.vocab import Vocab
-    from lrl.decode.decoder import CTCDecoder
 
     config = config or EvaluateConfig()
     model_dir = Path(model_dir)
     logps = split_log_probs(model_dir, data_dir, config)
     norm = Normalizer(Vocab.load(model_dir).normalizer)
-    decoder = CTCDecoder.load(model_dir, lm=lm, workers=config.lm_workers)
+    decoder = load_decoder(model_dir, lm=lm, workers=config.lm_workers, use_lm=use_lm)
     with_lm = use_lm and decoder.has_lm
     if with_lm:
         warn_if_flat(logps.logps)
 
     record = split_record(data_dir, config.split)
     not_scored = Counter(record.get("skipped", {}) if record else {})
-    not_scored["max_utterances"] = max(0, logps.split_rows - len(logps.ids))
+    not_scored["non_finite"] += len(logps.non_finite)
+    not_scored["max_utterances"] = max(0, logps.split_rows - len(logps.ids) - len(logps.non_finite))
     keep, refs = [], []
     for i, r in enumerate(logps.refs):
         text = norm(r)

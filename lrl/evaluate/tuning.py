@@ -14,7 +14,7 @@ import numpy as np
 
 from lrl.core.io import LrlError, atomic_write_text
 from lrl.decode.constants import DEFAULT_ALPHA, DEFAULT_BETA
-from lrl.evaluate.inference import split_log_probs, warn_if_flat
+from lrl.evaluate.inference import load_decoder, split_log_probs, warn_if_flat
 from lrl.evaluate.scoring import EvaluateConfig, score
 
 
@@ -191,24 +191,26 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
 
 
 def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = None, split: str = "dev",
-         config: TuneConfig | None = None, install: bool = True, cache: bool = True) -> tuple[TuneResult, Path]:
+         config: TuneConfig | None = None, install: bool = True, cache: bool = True,
+         allow_pickle: bool = False) -> tuple[TuneResult, Path]:
     """Tune on the cached log-probs of `split`; write MODEL/decoder.json (lm, alpha, beta, beam, dev WER
     before/after), MODEL/tune-<split>/{grid.tsv, heatmap.png}, and with `install` copy the LM into
     MODEL/language_model/ with the tuned attrs.json (+ MODEL/alphabet.json) so Wav2Vec2ProcessorWithLM and
-    `lrl evaluate` use it."""
+    `lrl evaluate` use it. decoder.json records the LM's identity (`lm_identity`): another LM does not get
+    these values. `allow_pickle` also loads pickle weights (only from sources you trust)."""
     from lrl.core.text import Normalizer
     from lrl.data.vocab import Vocab
-    from lrl.decode.decoder import CTCDecoder, write_decoder_json
+    from lrl.decode.decoder import lm_identity, write_decoder_json
     from lrl.decode.lm import LM_DIR, install_lm
 
     config = config or TuneConfig()
     model_dir = Path(model_dir)
-    logps = split_log_probs(model_dir, data_dir, EvaluateConfig(split=split, cache=cache))
+    logps = split_log_probs(model_dir, data_dir, EvaluateConfig(split=split, cache=cache, allow_pickle=allow_pickle))
     vocab = Vocab.load(model_dir)
     norm = Normalizer(vocab.normalizer)
     keep = [i for i, r in enumerate(logps.refs) if norm(r)]
     warn_if_flat([logps.logps[i] for i in keep])
-    decoder = CTCDecoder.load(model_dir, lm=lm, workers=config.workers)
+    decoder = load_decoder(model_dir, lm=lm, workers=config.workers)
     lm_source = decoder.lm_path
     result = tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep], config, norm)
     out = model_dir / f"tune-{split}"
@@ -224,7 +226,8 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = No
         install_lm(lm_source, model_dir, vocab, b.alpha, b.beta, cfg.unk_score_offset)
         lm_record = str(model_dir / LM_DIR)
     write_decoder_json(
-        model_dir, cfg, lm=lm_record, lm_source=str(lm_source), tuned_on=f"{data_dir}:{split}", n_utterances=len(keep),
+        model_dir, cfg, lm=lm_record, lm_source=str(lm_source), lm_identity=lm_identity(lm_source),
+        tuned_on=f"{data_dir}:{split}", n_utterances=len(keep),
         dev_wer={"greedy": result.greedy_wer, "defaults_0.5_1.5": result.default.wer, "tuned": b.wer},
         dev_cer_tuned=b.cer,
     )
