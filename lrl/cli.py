@@ -41,6 +41,8 @@ from lrl.evaluate.tuning import tune as _tune
 from lrl.models.checkpoints import TinySize
 from lrl.models.checkpoints import init_tiny as _init_tiny
 from lrl.models.checkpoints import load_for_ctc as _load_for_ctc
+from lrl.report import REPORT_FILE, ReportConfig
+from lrl.report.audio import AudioMode
 from lrl.train.batching import find_max_seconds as _find_max_seconds
 from lrl.train.build_start import StartConfig
 from lrl.train.pretrain import FreshSize, PretrainConfig
@@ -146,6 +148,7 @@ LMOOVOpt = _choices("LMOOVOpt", LMOOVPolicy)
 LMUnitOpt = _choices("LMUnitOpt", LMUnit)
 FreshOpt = _choices("FreshOpt", FreshSize)
 DemoStartOpt = _choices("DemoStartOpt", DemoStart)
+AudioModeOpt = _choices("AudioModeOpt", AudioMode)
 _PREVIEW = _arg_defaults(_preview)
 _INIT_TINY = _arg_defaults(_init_tiny)
 _FIND_BATCH = _arg_defaults(_find_max_seconds)
@@ -619,6 +622,7 @@ def evaluate(
     chunk_seconds: Annotated[float, typer.Option(help="Clips longer than this are run in overlapping chunks of this many seconds.")] = EvaluateConfig.chunk_seconds,
     stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = EvaluateConfig.stride_seconds,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = EvaluateConfig.allow_pickle,
+    report: Annotated[bool, typer.Option(help=f"Also write OUT/{REPORT_FILE}, the error-analysis page (`lrl report`, audio embedded).")] = True,
 ) -> None:
     """WER/CER of a model on a prepared split, greedy and with an LM; rows not scored are counted with their reason."""
     cfg = EvaluateConfig(split=split, batch_seconds=batch_seconds, max_utterances=max_utterances, cache=cache, lm_workers=workers,
@@ -629,6 +633,10 @@ def evaluate(
         typer.echo(f"LM {r.decoder['lm']} alpha={r.decoder['alpha']:g} beta={r.decoder['beta']:g} beam={r.decoder['beam_width']}")
     typer.echo(r.table())
     typer.echo(f"per utterance: {r.out_dir / 'utterances.tsv'}")
+    if report:
+        from lrl.report import write_report
+
+        typer.echo("report: " + write_report([r.out_dir], r.out_dir / REPORT_FILE, ReportConfig(split=split, data=str(data))).line())
 
 
 @app.command()
@@ -661,6 +669,29 @@ def transcribe(
         if total > 1:
             typer.echo(f"error: {failed} of {total} files could not be transcribed", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluated runs: MODEL/eval-SPLIT folders, model folders or demo outputs; several are shown side by side.", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (one self-contained page).", dir_okay=False)] = Path(REPORT_FILE),
+    split: Annotated[str, typer.Option(help="Split of each run (RUN/eval-SPLIT).")] = ReportConfig.split,
+    audio: Annotated[AudioModeOpt, typer.Option(help="embed: clips in the page (MP3 16 kHz, 24 kbit/s, less when a long split would pass 8 MB); link: OUT's _audio/ folder beside it; none: no players.")] = AudioModeOpt(ReportConfig.audio),
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset with the audio and speakers (default: the one recorded in summary.json).", exists=True, file_okay=False)] = None,
+    suspects: Annotated[Path | None, typer.Option("--suspects", help="`lrl data check-labels` suspects TSV (id, score[, kind]) to mark (default: MODEL/check-labels-SPLIT/suspects.tsv if present).", exists=True, dir_okay=False)] = None,
+    top_confusions: Annotated[int, typer.Option(help="Character substitutions in the confusion heatmap.", min=1)] = ReportConfig.top_confusions,
+    top_words: Annotated[int, typer.Option(help="Word errors listed.", min=1)] = ReportConfig.top_words,
+    top_speakers: Annotated[int, typer.Option(help="Speakers in the WER-by-speaker chart.", min=1)] = ReportConfig.top_speakers,
+) -> None:
+    """An error-analysis page that opens offline: summary, curves, LM heatmap, WER by length and speaker,
+    confusions, and every utterance with audio and aligned hypotheses (sortable, filterable)."""
+    from lrl.report import write_report
+
+    cfg = ReportConfig(split=split, audio=AudioModeOpt(audio).value, data=str(data) if data else None,
+                       suspects=str(suspects) if suspects else None, top_confusions=top_confusions,
+                       top_words=top_words, top_speakers=top_speakers)
+    typer.echo(write_report(runs, out, cfg).line())
 
 
 @app.command()

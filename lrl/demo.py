@@ -73,6 +73,7 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
     from lrl.decode import lm
     from lrl.evaluate import scoring as evaluate
     from lrl.evaluate import tuning
+    from lrl.report import REPORT_FILE, write_report
     from lrl.train import pretrain
     from lrl.train import trainer as train
 
@@ -182,6 +183,8 @@ def run_demo(config: DemoConfig | None = None, say: Callable[[str], None] = prin
         res.greedy = {"wer": ev.greedy.wer, "cer": ev.greedy.cer}
         res.lm = {"wer": ev.lm.wer, "cer": ev.lm.cer} if ev.lm else {}
         res.artefacts["per-utterance results"] = str(ev.out_dir)
+        write_report([ev.out_dir], out / REPORT_FILE)
+        res.artefacts["error-analysis page (open in a browser)"] = str(out / REPORT_FILE)
 
     atomic_write_text(out / "demo_summary.json", json.dumps({
         "stage_seconds": res.stage_seconds, "greedy": res.greedy, "lm": res.lm, "decoder": res.decoder,

@@ -97,6 +97,7 @@ def _config_sources():
     from lrl.evaluate.transcribe import TranscribeConfig
     from lrl.evaluate.tuning import TuneConfig, tune
     from lrl.models.checkpoints import init_tiny, load_for_ctc
+    from lrl.report import ReportConfig
     from lrl.train.batching import find_max_seconds
     from lrl.train.build_start import StartConfig
     from lrl.train.pretrain import PretrainConfig, run_pretraining
@@ -120,6 +121,7 @@ def _config_sources():
         "evaluate": ([EvaluateConfig, run_evaluate], {"workers": "lm_workers", "no_lm": negated("use_lm")}),
         "transcribe": ([TranscribeConfig], {"no_lm": negated("use_lm")}),
         "demo": ([DemoConfig], {}),
+        "report": ([ReportConfig], {}),
     }
 
 
@@ -129,6 +131,8 @@ CLI_ONLY = {
     "augment preview": {"preset", "specaugment"},  # which presets the preview shows (preview takes configs)
     "train find-batch": {"vocab_size"},  # the CTC head the memory is measured with
     "transcribe": {"json_out"},  # output format
+    "evaluate": {"report"},  # also write the error-analysis page
+    "report": {"out"},  # the page's path
 }
 NO_CONFIG = {"doctor", "vocab audit", "data card", "augment presets", "train run", "train config"}
 

@@ -26,7 +26,8 @@ LAYERS: dict[str, int] = {
     "decode": 2,  # CTC decoder, KenLM
     "train": 3,  # run config, batching, featcache, schedules, trainer, pretrain, start builder
     "evaluate": 3,  # inference, scoring, tuning, transcription
-    "app": 4,  # cli, demo, doctor, __main__, the package's __init__
+    "report": 4,  # the error-analysis page: reads what evaluate, tune and train wrote
+    "app": 5,  # cli, demo, doctor, __main__, the package's __init__
 }
 APP_MODULES = {"lrl", "lrl.__main__", "lrl.cli", "lrl.demo", "lrl.doctor"}
 
