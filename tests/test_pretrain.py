@@ -423,11 +423,30 @@ def test_nonfinite_losses_skip_the_update_then_stop_the_run(fast_run, clips, tmp
 
     monkeypatch.setattr(pretrain, "_forward", poisoned)
     cfg = replace(FAST, max_steps=2, save_every=0, probe_crops=0)
-    with caplog.at_level(logging.WARNING, logger="lrl.train.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="lrl.train.pretrain"), \
+            pytest.raises(LrlError, match=r"every update of this run \(2\) had a non-finite loss"):
         run_pretraining([clips], tmp_path / "a", cfg, model=start)
     assert sum("non-finite loss" in r.getMessage() for r in caplog.records) == 2
-    before, after = load_file(start / "model.safetensors"), load_file(tmp_path / "a" / "model.safetensors")
-    assert all(torch.equal(before[k], after[k]) for k in before)  # no update was applied
+    assert not (tmp_path / "a" / "model.safetensors").exists()  # nothing learned: no model is written
+    cfg3 = replace(cfg, max_steps=3, save_every=1)
+    real_update = pretrain._update
+    monkeypatch.setattr(pretrain, "_forward", real)  # a sound first update, then every loss non-finite
+    calls = []
+
+    def late_poison(net, fe, crops, step, *args):
+        if calls:
+            monkeypatch.setattr(pretrain, "_forward", poisoned)
+        calls.append(step)
+        return real_update(net, fe, crops, step, *args)
+
+    monkeypatch.setattr(pretrain, "_update", late_poison)
+    run_pretraining([clips], tmp_path / "c", cfg3, model=start)
+    saved1 = load_file(tmp_path / "c" / "checkpoint-1" / "model.safetensors")
+    saved2 = load_file(tmp_path / "c" / "checkpoint-2" / "model.safetensors")
+    after = load_file(tmp_path / "c" / "model.safetensors")
+    assert all(torch.equal(saved1[k], saved2[k]) and torch.equal(saved1[k], after[k]) for k in saved1)  # skipped
+    monkeypatch.setattr(pretrain, "_update", real_update)
+    monkeypatch.setattr(pretrain, "_forward", poisoned)
     with pytest.raises(LrlError, match="5 updates in a row had a non-finite loss"):
         run_pretraining([clips], tmp_path / "b", replace(cfg, max_steps=8), model=start)
 

@@ -6,17 +6,20 @@ pyctcdecode and `Wav2Vec2ProcessorWithLM` load (`alphabet.json` + `language_mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -101,6 +104,12 @@ class LMBuildConfig:
             raise ValueError(f"oov must be one of {list(OOV_POLICIES)}, got {self.oov!r}")
         if self.min_word_count < 1:
             raise ValueError(f"min_word_count must be >= 1, got {self.min_word_count}")
+        if not self.alpha >= 0:  # the same bounds as lrl.decode.decoder.DecoderConfig, which reads attrs.json
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if not abs(self.beta) < float("inf"):
+            raise ValueError(f"beta must be a finite number, got {self.beta}")
+        if not self.unk_score_offset <= 0:
+            raise ValueError(f"unk_score_offset must be <= 0, got {self.unk_score_offset}")
         m = self.memory.strip()
         if not m or not (m[:-1] if m[-1] in "%kKmMgGtT" else m).replace(".", "", 1).isdigit():
             raise ValueError(f"memory must be like '10%' or '2G', got {self.memory!r}")
@@ -290,7 +299,8 @@ def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what
         open(stdout_path, "wb") if stdout_path else open(os.devnull, "wb")
     ) as fout:
         try:
-            proc = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE, check=False)
+            proc = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE, check=False,
+                                  preexec_fn=_die_with_parent())
         except OSError as e:
             raise LrlError(f"could not run {cmd[0]}: {e}. {SETUP_HINT}") from e
     err = proc.stderr.decode("utf-8", "replace")
@@ -305,7 +315,50 @@ def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what
     return err
 
 
+def _die_with_parent():
+    """A `preexec_fn` for the KenLM tools: the kernel kills the child when lrl dies, SIGKILL included
+    (prctl PR_SET_PDEATHSIG), so no orphan lmplz goes on sorting n-grams for a build nobody will finish;
+    if lrl died before the call, the child exits at once. None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the body, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so `kill PID` of a build kills
+    the running KenLM tool (subprocess.run does on any exception) and removes the staging directory. A no-op
+    off the main thread, where Python cannot install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # -- building ------------------------------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STAGING_INFIX = ".lm-build-"  # OUT's parent/.OUT.lm-build-<pid>: where a build is written before the swap
 @dataclass
 class LMBuildResult:
     out: Path
@@ -372,6 +425,69 @@ def build_lm(
     exclude: Sequence[str | Path] = (),
     heldout: Sequence[str | Path] = (),
 ) -> LMBuildResult:
+    """Build a KenLM model into OUT (see `_build_lm_in` for the files). The build is written beside OUT, in
+    a staging directory of the same parent, and swapped in by renames only once complete: a failed or
+    interrupted build (SIGTERM included: the KenLM tool is stopped, the staging directory removed) leaves
+    the previous LM of OUT as it was."""
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise LrlError(f"--out {final} is a file: expected a directory (new, or of an earlier `lrl lm build`)")
+    made_parent = not final.parent.exists()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}{STAGING_INFIX}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        with _sigterm_as_interrupt():
+            result = _build_lm_in(text_paths, vocab_dir, staging, config, exclude, heldout)
+            _swap_in(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made_parent and not final.exists():
+            with contextlib.suppress(OSError):
+                final.parent.rmdir()
+    logger.info("wrote %s", final)
+    return replace(result, out=final, model_path=final / result.model_path.relative_to(staging))
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Put a finished build in place: `final` itself when it does not exist (one rename); else each file a
+    build writes is renamed over (the old LM directory moved aside first, removed after; moved back if a
+    rename fails), leaving anything else the user keeps in `final` alone."""
+    if not final.exists():
+        staging.rename(final)
+        return
+    names = {p.name for p in staging.iterdir()} | {ARPA_FILE}  # an lm.arpa of an earlier build is stale
+    old = staging.with_name(staging.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    moved: list[str] = []
+    try:
+        for name in sorted(names):
+            if (final / name).exists():
+                os.replace(final / name, old / name)
+                moved.append(name)
+        for p in staging.iterdir():
+            os.replace(p, final / p.name)
+    except OSError as e:
+        for name in moved:
+            with contextlib.suppress(OSError):
+                if (final / name).is_dir():
+                    shutil.rmtree(final / name)
+                os.replace(old / name, final / name)
+        raise LrlError(f"could not move the new LM into {final} ({e}); the previous one is kept") from e
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_lm_in(
+    text_paths: Sequence[str | Path],
+    vocab_dir: str | Path,
+    out: Path,
+    config: LMBuildConfig | None,
+    exclude: Sequence[str | Path],
+    heldout: Sequence[str | Path],
+) -> LMBuildResult:
     """Build OUT/language_model/{lm.bin|lm.arpa, unigrams.txt, attrs.json} + OUT/alphabet.json (so OUT
     loads with `BeamSearchDecoderCTC.load_from_dir`), OUT/normalizer.json, OUT/corpus.txt and a report
     OUT/lm_build.json; lmplz/build_binary's own output goes to OUT/kenlm.log. `exclude`: files whose
@@ -403,6 +519,8 @@ def build_lm(
             "Remove them with --exclude DEV.tsv TEST.tsv (or the prepared dataset directory).",
             text.heldout_overlap, text.overlap_examples[0],
         )
+    if not text.read:
+        raise LrlError(f"no lines in {', '.join(map(str, text_paths))}: expected text with one sentence a line")
     if not text.sentences:
         raise LrlError(
             f"no LM sentences left ({text.read} read: {text.oov} outside the vocabulary, {text.empty} empty, "
@@ -410,9 +528,7 @@ def build_lm(
         )
 
     out = Path(out)
-    lm_dir = out / LM_DIR
-    if lm_dir.exists():
-        shutil.rmtree(lm_dir)  # pyctcdecode wants exactly 3 files in it: never leave a stale model behind
+    lm_dir = out / LM_DIR  # `out` is a fresh staging directory (build_lm): no stale model files in it
     lm_dir.mkdir(parents=True)
     corpus = out / CORPUS_FILE
     lm_lines = [char_tokens(s) for s in text.sentences] if config.unit == "char" else text.sentences
@@ -427,7 +543,7 @@ def build_lm(
     arpa = out / ARPA_FILE if config.keep_arpa else lm_dir / ARPA_FILE
     log = out / KENLM_LOG
     log.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lrl-lmplz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lmplz-", dir=out) as tmp:  # inside: removed with the staging
         cmd = [lmplz, "-o", str(config.order), "-S", config.memory, "-T", tmp]
         if config.discount_fallback:
             cmd.append("--discount_fallback")

@@ -19,6 +19,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SECONDS = 16.0  # ~16 s of audio per update trained best on 2-core AVX2 CPUs (../shared/ENV-NOTES.md)
 MEMORY_FRACTION = 0.5  # the finder plans for this share of the available memory by default
+MAX_SEED = 2**32 - 1  # the largest seed NumPy's generators take (torch takes a wider range): a run's seeds fit both
+
+
+def check_seed(name: str, seed: int) -> None:
+    """Raise ValueError unless `seed` (the config field `name`) is an integer NumPy and torch both accept."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED} (2**32 - 1), got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class BatchingConfig:
             raise ValueError(f"max_seconds must be > 0 (seconds of padded audio per batch), got {self.max_seconds}")
         if self.max_batch_size < 0:
             raise ValueError(f"max_batch_size must be >= 0 (0 = no cap), got {self.max_batch_size}")
+        check_seed("batching.seed", self.seed)
 
 
 class DynamicBatchSampler:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -13,7 +15,7 @@ from typing import Any, Literal, get_args
 from lrl.augment.specaugment import SPEC_PRESETS
 from lrl.augment.wave import WavePreset
 from lrl.core.io import LrlError, atomic_write_text
-from lrl.train.batching import BatchingConfig
+from lrl.train.batching import BatchingConfig, check_seed
 from lrl.train.freezing import FreezeConfig
 from lrl.train.optim import LayerwiseLrConfig
 from lrl.train.recipes import AUTO, RECIPE_NAMES
@@ -73,6 +75,9 @@ class ModelConfig:
                 raise ValueError(f"model.{f} must be in [0, 1), got {v}")
         if self.adapter_attn_dim < 1:
             raise ValueError(f"model.adapter_attn_dim must be >= 1, got {self.adapter_attn_dim}")
+        if self.adapter_lang and not re.fullmatch(r"[A-Za-z0-9_-]+", self.adapter_lang):  # it names a file
+            raise ValueError(f"model.adapter_lang must be a language code of letters, digits, '-' or '_' (e.g. yor), "
+                             f"got {self.adapter_lang!r}")
         if self.spec_augment not in _SPEC_CHOICES:
             raise ValueError(f"model.spec_augment must be one of {list(_SPEC_CHOICES)}, got {self.spec_augment!r}")
 
@@ -104,6 +109,8 @@ class OptimConfig:
             raise ValueError(f"set optim.max_steps > 0 or optim.epochs > 0, got max_steps={self.max_steps}, epochs={self.epochs}")
         if self.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
+        if self.epochs < 0:
+            raise ValueError(f"optim.epochs must be >= 0 (0 = use max_steps), got {self.epochs}")
         if len(self.phase_ratio) != 3 or abs(sum(self.phase_ratio) - 1) > 1e-6:
             raise ValueError(f"optim.phase_ratio must be 3 shares summing to 1, got {self.phase_ratio}")
         if self.max_grad_norm < 0:
@@ -175,6 +182,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = automatic), got {self.threads}")
         if self.max_minutes < 0:
@@ -257,6 +265,8 @@ def _coerce(value, default, key: str):
     if isinstance(default, float):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ValueError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # "nan"/"inf" parse as JSON and TOML numbers, and pass every "< 0" check
+            raise ValueError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if isinstance(default, tuple):
         if not isinstance(value, (list, tuple)):
@@ -296,7 +306,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise LrlError(f"{path}: not valid {path.suffix[1:].upper()}: {e}") from e
     if isinstance(data, dict):
         data.pop("resolved", None)  # what a run measured (train_config.yaml of an output dir): informational
-    cfg = TrainConfig.from_dict(data)
+    try:
+        cfg = TrainConfig.from_dict(data)
+    except ValueError as e:  # an unknown key or a bad value in the file: name the file
+        raise LrlError(f"{path}: {e}") from e
     return cfg.with_overrides(overrides or {}) if overrides else cfg
 
 

@@ -32,7 +32,15 @@ from lrl.core.hf_transformers import (
     sample_negative_indices,
 )
 from lrl.core.io import LrlError, atomic_write_text, iter_files
-from lrl.train.run_dir import STATE_FILE, complete_checkpoints, prune_checkpoints
+from lrl.train.batching import check_seed
+from lrl.train.run_dir import (
+    MAX_NONFINITE_IN_A_ROW,
+    STATE_FILE,
+    check_finite_weights,
+    complete_checkpoints,
+    prune_checkpoints,
+    run_lock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +52,6 @@ LOG_COLUMNS = (
 # fine-tuning run does not inherit pretraining's 65% masking as its SpecAugment.
 _SPEC_AUGMENT_FIELDS = ("apply_spec_augment", "mask_feature_prob")
 _RECIPE_GUMBEL_DECAY = 0.999995  # wav2vec 2.0: 2.0 -> 0.5 over ~277k updates
-_MAX_NONFINITE = 5  # updates in a row with a non-finite loss before the run stops
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ class PretrainConfig:
     min_seconds: float = 2.0  # crops (and files) shorter than this are dropped, counted
     splits: tuple[str, ...] = ("train",)  # splits read from a prepared dataset (labels are ignored)
     freeze_feature_encoder: bool = False  # keep the conv front end fixed (faster on CPU)
-    seed: int = 0  # seeds data order, masks, negatives, Gumbel noise (per step: resume is exact)
+    seed: int = 0  # seeds data order, masks, negatives, Gumbel noise (per step: resume is exact); 0..2**32-1
     save_every: int = 500  # updates between resumable checkpoints OUT/checkpoint-<step> (0 = none)
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
     log_every: int = 10  # updates between INFO log lines (the CSV gets every update)
@@ -87,6 +94,7 @@ class PretrainConfig:
     probe_crops: int = 8  # crops of a fixed probe batch scored before and after (0 = skip)
 
     def __post_init__(self) -> None:
+        check_seed("seed", self.seed)
         for name in ("max_steps", "batch_size", "grad_accum", "mask_time_length", "num_negatives", "collapse_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -489,6 +497,7 @@ def _save_checkpoint(out: Path, step: int, net, fe, spec_augment: dict, optimize
     import torch
 
     final = out / f"checkpoint-{step}"
+    check_finite_weights(net, str(final))
     tmp = out / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     _save_model(net, fe, tmp, spec_augment)
@@ -521,7 +530,14 @@ def run_pretraining(
     """Continue wav2vec 2.0 pretraining of `model` (hub id or directory; or a `fresh` tiny one) on the audio
     in `sources`; write the model to `out` so `Wav2Vec2ForCTC.from_pretrained(out)` starts fine-tuning.
     `resume=True` continues from the newest OUT/checkpoint-<step> (a path picks one), schedule included.
-    `allow_pickle` also loads pytorch_model.bin checkpoints (only from sources you trust)."""
+    `allow_pickle` also loads pytorch_model.bin checkpoints (only from sources you trust). One run per `out`
+    at a time (a lock); MAX_NONFINITE_IN_A_ROW non-finite updates in a row, or none finite at all, stop the
+    run with an error and no model is written."""
+    with run_lock(out, "pretrain"):
+        return _run_pretraining(sources, Path(out), config, model, fresh, resume, allow_pickle)
+
+
+def _run_pretraining(sources, out: Path, config: PretrainConfig, model, fresh, resume, allow_pickle) -> PretrainResult:
     import torch
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining, get_scheduler
 
@@ -623,7 +639,7 @@ def run_pretraining(
             if not math.isfinite(row["loss"]):
                 nonfinite += 1
                 logger.warning("step %d: non-finite loss %s, update skipped (%d in a row)", step, row["loss"], nonfinite)
-                if nonfinite >= _MAX_NONFINITE:
+                if nonfinite >= MAX_NONFINITE_IN_A_ROW:
                     raise LrlError(
                         f"{nonfinite} updates in a row had a non-finite loss (last at step {step}): lower --lr, "
                         "raise --warmup, or check the audio for silence/clipping"
@@ -668,10 +684,17 @@ def run_pretraining(
         if tb is not None:
             tb.close()
 
+    finite = [r for r in rows if math.isfinite(r["loss"])]
+    if rows and not finite:
+        raise LrlError(
+            f"every update of this run ({len(rows)}) had a non-finite loss: nothing was learned, so no model is "
+            f"written to {out}; check the audio for NaN/Inf samples or silence, lower --lr, raise --warmup"
+        )
     probe_after = probe_loss(net, probe) if probe is not None else None
+    check_finite_weights(net, str(out / "model.safetensors"))
     _save_model(net, fe, out, spec_augment)
-    head = rows[: min(10, len(rows))]
-    tail = rows[-min(10, len(rows)):]
+    head = finite[: min(10, len(finite))]  # skipped (non-finite) updates are in the log, not in these means
+    tail = finite[-min(10, len(finite)):]
     result = PretrainResult(
         out=out, start_step=start, steps=start + len(rows), inputs=stats,
         first_contrastive=float(np.mean([r["contrastive"] for r in head])) if head else float("nan"),

@@ -25,13 +25,19 @@ from lrl.train import featcache
 from lrl.train.batching import BatchingConfig, DynamicBatchSampler
 from lrl.train.callbacks import make_callbacks
 from lrl.train.collate import CTCCollator
-from lrl.train.config import TrainConfig, save_config
+from lrl.train.config import CONFIG_FILE, TrainConfig, save_config
 from lrl.train.freezing import FreezeScheduleCallback
 from lrl.train.hf_trainer import prepare_sharded_loader
 from lrl.train.metrics import argmax_logits, make_compute_metrics
 from lrl.train.optim import LayerwiseLrConfig, layerwise_param_groups, make_lr_lambda
 from lrl.train.report import CURVES_FILE, METRICS_FILE, plot_curves, write_model_card
-from lrl.train.run_dir import last_complete_checkpoint
+from lrl.train.run_dir import (
+    MAX_NONFINITE_IN_A_ROW,
+    check_finite_weights,
+    check_resume,
+    last_complete_checkpoint,
+    run_lock,
+)
 
 __all__ = ["CTCTrainer", "TrainResult", "train"]
 logger = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ def load_dataset_dir(path: str | Path):
 class CTCTrainer(Trainer):
     """Trainer with lrl's dynamic batches, layer-wise LR groups, LR schedules, an evaluation collator of its
     own (no augmentation, no conv cache) and skipping of non-finite losses (counted, logged as
-    `nonfinite_skipped`)."""
+    `nonfinite_skipped`; MAX_NONFINITE_IN_A_ROW of them in a row stop the run with an error)."""
 
     def __init__(self, *args, lrl_config: TrainConfig, durations, eval_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,6 +68,8 @@ class CTCTrainer(Trainer):
         self.durations = durations
         self.eval_collator = eval_collator  # None = data_collator for evaluation too
         self.nonfinite_skipped = 0
+        self.nonfinite_in_a_row = 0
+        self.finite_losses = 0  # training batches with a finite loss: none at all means nothing was learned
         self.batch_sampler = None
 
     def get_train_dataloader(self):
@@ -114,10 +122,20 @@ class CTCTrainer(Trainer):
         loss = out[0] if return_outputs else out
         if model.training and not torch.isfinite(loss.detach()).all():
             self.nonfinite_skipped += 1
+            self.nonfinite_in_a_row += 1
             logger.warning("non-finite loss at step %d: batch skipped (%d so far)", self.state.global_step, self.nonfinite_skipped)
+            if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise LrlError(
+                    f"{self.nonfinite_in_a_row} training batches in a row had a non-finite loss (last at update "
+                    f"{self.state.global_step}): the data holds NaN/Inf audio or the LR diverges; check the clips "
+                    "(`lrl data prepare` skips non-finite ones), lower the LR, and resume from a checkpoint or start again"
+                )
             # an exact zero that still reaches every trainable parameter (DDP needs the same backward on all ranks)
             loss = sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
             return (loss, out[1]) if return_outputs else loss
+        if model.training:
+            self.nonfinite_in_a_row = 0
+            self.finite_losses += 1
         return out
 
     def log(self, logs: dict, *args, **kwargs):
@@ -211,8 +229,6 @@ def _feature_cache_blocker(cfg: TrainConfig, model_config, durations: list[float
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune `cfg.model.checkpoint` with CTC on `cfg.data.path`; write everything to `cfg.output_dir`."""
-    from lrl.models.checkpoints import load_for_ctc, transfer_head
-
     if not cfg.data.path:
         raise LrlError("no dataset: set data.path (--data DIR) to a directory written by `lrl data prepare`")
     if not cfg.model.checkpoint:
@@ -220,6 +236,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     if not cfg.output_dir:
         raise LrlError("no output directory: set output_dir (--out DIR)")
     out = Path(cfg.output_dir)
+    with run_lock(out, "train run"):  # one run per output directory; a failed start leaves no empty --out
+        return _train(cfg, out)
+
+
+def _train(cfg: TrainConfig, out: Path) -> TrainResult:
+    from lrl.models.checkpoints import load_for_ctc, transfer_head
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
     resume_from = None
@@ -229,7 +252,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         resume_from = last_complete_checkpoint(out)
         logger.info("resuming from %s", resume_from)
     elif cfg.resume:
-        logger.info("--resume: no checkpoint in %s yet, starting from the beginning", out)
+        (logger.warning if (out / CONFIG_FILE).is_file() else logger.info)(
+            "--resume: no complete checkpoint in %s yet, starting from the beginning", out)
 
     dsd, vocab = load_dataset_dir(cfg.data.path)
     for split in (cfg.data.train_split,):
@@ -237,8 +261,13 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise LrlError(f"{cfg.data.path} has no {split!r} split (it has {sorted(dsd)}): set data.train_split")
     train_ds = dsd[cfg.data.train_split]
     if len(train_ds) == 0:
-        raise LrlError(f"the {cfg.data.train_split!r} split of {cfg.data.path} is empty")
+        raise LrlError(f"the {cfg.data.train_split!r} split of {cfg.data.path} is empty: expected training clips; "
+                       "prepare the corpus again (see its summary.json for why rows were skipped) or set data.train_split")
     durations = [float(d) for d in train_ds["duration"]]
+    if resume_from is not None:  # before anything is written: a refused resume leaves the run as it was
+        check_resume(out, resume_from, out / CONFIG_FILE, vocab.token_to_id, {
+            "model.checkpoint": cfg.model.checkpoint, "model.adapter_lang": cfg.model.adapter_lang,
+            "data.path": cfg.data.path, "train_clips": len(durations)})
     cfg, recipe_note = _resolve_recipe(cfg, durations, world)
     eval_ds = None
     if cfg.data.eval_split and cfg.data.eval_split in dsd and len(dsd[cfg.data.eval_split]):
@@ -344,6 +373,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                                "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
     with featcache.cached_front_end(model) if cache is not None else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.nonfinite_skipped and not trainer.finite_losses:
+        raise LrlError(
+            f"every training batch had a non-finite loss ({trainer.nonfinite_skipped} skipped): nothing was learned, "
+            f"so no model is written to {out}; check the clips for NaN/Inf audio and lower the LR"
+        )
 
     metrics: dict = {}
     if has_eval:
@@ -355,6 +389,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if len(test_ds):
             metrics.update(trainer.evaluate(test_ds, metric_key_prefix="test"))
     if trainer.is_world_process_zero():
+        check_finite_weights(trainer.model, str(out / "model.safetensors"))
         trainer.save_model(str(out))
         vocab.normalizer.save(out)
         if cfg.model.adapter_lang:
