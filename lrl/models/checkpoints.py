@@ -158,13 +158,15 @@ def load_for_ctc(
     pad_token_id: int = 0,
     allow_pickle: bool = False,
     adapter_attn_dim: int | None = None,
+    attn_implementation: str | None = None,
     **config_overrides,
 ):
     """A `Wav2Vec2ForCTC` from a hub id or local directory holding a `Wav2Vec2ForPreTraining` (XLS-R,
     MMS), a bare `Wav2Vec2Model` or a fine-tuned `Wav2Vec2ForCTC`, with a new CTC head of `vocab_size`
     outputs (pad = blank), mean CTC loss and zero_infinity. Safetensors only unless `allow_pickle`;
     remote code is never trusted. `config_overrides` set config fields (dropouts, SpecAugment...).
-    With `adapter_attn_dim`, MMS attention adapters are added and (with the head) freshly initialised."""
+    With `adapter_attn_dim`, MMS attention adapters are added and (with the head) freshly initialised.
+    `attn_implementation` ("sdpa", "eager") picks the attention kernel (None = transformers' default, sdpa)."""
     import torch
     from transformers import Wav2Vec2ForCTC
 
@@ -177,6 +179,8 @@ def load_for_ctc(
     if adapter_attn_dim:
         kw["adapter_attn_dim"] = adapter_attn_dim
     kw.update(config_overrides)
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
     try:
         with _quiet_transformers():
             model, info = Wav2Vec2ForCTC.from_pretrained(

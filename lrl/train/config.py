@@ -22,7 +22,8 @@ from lrl.train.recipes import AUTO, RECIPE_NAMES
 
 CONFIG_FILE = "train_config.yaml"  # the resolved run config written into the output directory
 _SPEC_CHOICES = ("auto", "checkpoint", *SPEC_PRESETS)  # model.spec_augment: the recipe's, the saved one, or a preset
-Precision = Literal["fp32", "fp16", "bf16"]  # TrainConfig.precision
+Precision = Literal["auto", "fp32", "fp16", "bf16"]  # TrainConfig.precision
+AttnImplementation = Literal["sdpa", "eager"]  # ModelConfig.attn_implementation
 
 
 # -- sections -------------------------------------------------------------------------------------
@@ -36,7 +37,8 @@ class DataConfig:
     test_split: str = "test"  # split evaluated once at the end if present ("" = none)
     max_eval_clips: int = 0  # evaluate on at most this many dev clips (0 = all)
     augment: WavePreset = "none"  # waveform augmentation preset of lrl.augment.wave: none, light, strong
-    num_workers: int = 0  # dataloader worker processes (each gets its own augmentation stream)
+    num_workers: int | str = AUTO  # dataloader worker processes (each gets its own augmentation stream; "auto" = 0
+    # on a CPU, where the cores train, up to 4 on a GPU: lrl.train.accel)
     cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.train.featcache)
     cache_max_gb: float = 4.0  # no cache when it would take more memory than this (GiB)
 
@@ -49,8 +51,8 @@ class DataConfig:
             raise ValueError(f"data.max_eval_clips must be >= 0 (0 = all), got {self.max_eval_clips}")
         if self.augment not in get_args(WavePreset):
             raise ValueError(f"data.augment must be one of {list(get_args(WavePreset))}, got {self.augment!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers != AUTO and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise ValueError(f"data.num_workers must be >= 0 or \"auto\", got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class ModelConfig:
     hidden_dropout: float = 0.0  # dropout in the Transformer
     final_dropout: float = 0.0  # dropout before the CTC head
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~30% slower)
+    attn_implementation: AttnImplementation = "sdpa"  # attention kernel: sdpa (torch's fused attention: less memory
+    # on long clips, flash/memory-efficient kernels on GPUs) or eager (the reference; needed for attention maps)
+    compile: bool = False  # torch.compile the model's forward (GPU; dynamic shapes; the first updates compile)
 
     def __post_init__(self) -> None:
         for f in ("layerdrop", "hidden_dropout", "final_dropout"):
@@ -80,6 +85,9 @@ class ModelConfig:
                              f"got {self.adapter_lang!r}")
         if self.spec_augment not in _SPEC_CHOICES:
             raise ValueError(f"model.spec_augment must be one of {list(_SPEC_CHOICES)}, got {self.spec_augment!r}")
+        if self.attn_implementation not in get_args(AttnImplementation):
+            raise ValueError(f"model.attn_implementation must be one of {list(get_args(AttnImplementation))}, "
+                             f"got {self.attn_implementation!r}")
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,8 @@ class TrainConfig:
     recipe: str = AUTO  # fills the "auto" keys (lr, warm-up, conv freezing, SpecAugment): auto (from the start's size and
     # the hours of data), small-start, scratch, large, adapter or hf-example; explicit keys always win (lrl.train.recipes)
     seed: int = 0  # model init, shuffling, augmentation
-    precision: Precision = "fp32"  # fp32, fp16 or bf16 (mixed precision: GPUs; bf16 is slower on AVX2-only CPUs: ../shared/ENV-NOTES.md)
+    precision: Precision = "auto"  # auto (bf16 on a GPU that has it, else fp32: lrl.train.accel), fp32, fp16 or bf16
+    # (mixed precision, the CTC loss in fp32 either way; bf16 is slower on AVX2-only CPUs: ../shared/ENV-NOTES.md)
     resume: bool = False  # continue from the last checkpoint in output_dir
     threads: int = 0  # torch CPU threads per process (0 = automatic, lrl.core.cpu.choose_threads: the CPUs other
     # processes leave free, at most torch's default; an explicit count always wins)
@@ -221,6 +230,9 @@ def _sections() -> list[str]:
     return ["data", "model", "optim", "freeze", "batching", "eval"]
 
 
+_AUTO_KINDS = {"float": 0.0, "int": 0, "bool": False}  # "auto"-or-value fields: the value's type (a Literal takes "auto" as is)
+
+
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ValueError(f"config section {prefix or 'top level'} must be a table, got {type(data).__name__}")
@@ -233,8 +245,8 @@ def _build(cls, data: dict, prefix: str):
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default
         if dataclasses.is_dataclass(default):
             kw[name] = _build(type(default), value, f"{prefix}{name}.")
-        elif default == AUTO and known[name].type != "str":  # "auto" or a value of the field's other type
-            kind = {"float": 0.0, "int": 0, "bool": False}[str(known[name].type).split("|")[0].strip()]
+        elif default == AUTO and str(known[name].type).split("|")[0].strip() in _AUTO_KINDS:  # "auto" or a number/bool
+            kind = _AUTO_KINDS[str(known[name].type).split("|")[0].strip()]
             try:
                 kw[name] = AUTO if value == AUTO else _coerce(value, kind, prefix + name)
             except ValueError as e:

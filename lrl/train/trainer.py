@@ -22,6 +22,7 @@ from lrl.core.constants import SAMPLE_RATE
 from lrl.core.cpu import set_torch_threads
 from lrl.core.io import LrlError
 from lrl.train import featcache
+from lrl.train.accel import apply_to_model, plan_accel
 from lrl.train.batching import BatchingConfig, DynamicBatchSampler
 from lrl.train.callbacks import make_callbacks
 from lrl.train.collate import CTCCollator
@@ -83,6 +84,8 @@ class CTCTrainer(Trainer):
         loader = DataLoader(
             self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_num_workers > 0 and self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers > 0 else None,
         )
         return prepare_sharded_loader(self.accelerator, loader)  # the sampler already gives each rank its share
 
@@ -292,7 +295,8 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
     overrides.update(_spec_augment_kwargs(cfg, sum(durations) / 3600, int(min(durations) * SAMPLE_RATE)))
     model = load_for_ctc(
         cfg.model.checkpoint, len(tokenizer), tokenizer.pad_token_id, cfg.model.allow_pickle,
-        adapter_attn_dim=cfg.model.adapter_attn_dim if cfg.model.adapter_lang else None, **overrides,
+        adapter_attn_dim=cfg.model.adapter_attn_dim if cfg.model.adapter_lang else None,
+        attn_implementation=cfg.model.attn_implementation, **overrides,
     )
     if cfg.model.init_head_from:
         transfer_head(model, vocab.tokens, cfg.model.init_head_from, cfg.model.allow_pickle)
@@ -302,6 +306,8 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    accel = plan_accel(cfg)  # precision, dataloader workers and pinning, attention kernel, torch.compile
+    apply_to_model(model, accel)
     freeze_cb = FreezeScheduleCallback(model, cfg.freeze)
     collator = CTCCollator(vocab, _make_augmenter(cfg))
     eval_collator = CTCCollator(vocab)
@@ -347,11 +353,9 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
         ddp_find_unused_parameters=True if world > 1 else None,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        dataloader_num_workers=cfg.data.num_workers,
         remove_unused_columns=False,
         label_names=["labels"],
-        fp16=cfg.precision == "fp16",
-        bf16=cfg.precision == "bf16",
+        **accel.training_args(),
         disable_tqdm=False,
     )
     callbacks = [freeze_cb, *make_callbacks(cfg, out, cache.build_seconds if cache is not None else 0.0)]
@@ -369,7 +373,7 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
         save_config(cfg, out, {"vocab_size": len(tokenizer), "train_clips": len(durations),
                                "train_hours": round(sum(durations) / 3600, 4), "world_size": world,
                                "feature_cache": cache_note, "recipe": recipe_note,
-                               "threads": f"{threads}: {threads_note}",
+                               "threads": f"{threads}: {threads_note}", "accelerator": accel.to_dict(),
                                "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
     with featcache.cached_front_end(model) if cache is not None else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=resume_from)
