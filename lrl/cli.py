@@ -32,8 +32,10 @@ from lrl.data.vocab import RarePolicy, VocabBuildConfig
 from lrl.decode.lm import KENLM_MAX_ORDER, BinaryType, LMBuildConfig, LMUnit
 from lrl.decode.lm import OOVPolicy as LMOOVPolicy
 from lrl.demo import DemoConfig, DemoStart
+from lrl.evaluate.labels import CheckLabelsConfig
 from lrl.evaluate.scoring import EvaluateConfig
 from lrl.evaluate.scoring import evaluate as _evaluate
+from lrl.evaluate.select import SELECTION_FILE, GroupBy, SelectConfig
 from lrl.evaluate.transcribe import TranscribeConfig, TranscribeFailure
 from lrl.evaluate.transcribe import iter_transcripts as _iter_transcripts
 from lrl.evaluate.tuning import TuneConfig
@@ -149,6 +151,7 @@ LMUnitOpt = _choices("LMUnitOpt", LMUnit)
 FreshOpt = _choices("FreshOpt", FreshSize)
 DemoStartOpt = _choices("DemoStartOpt", DemoStart)
 AudioModeOpt = _choices("AudioModeOpt", AudioMode)
+GroupByOpt = _choices("GroupByOpt", GroupBy)
 _PREVIEW = _arg_defaults(_preview)
 _INIT_TINY = _arg_defaults(_init_tiny)
 _FIND_BATCH = _arg_defaults(_find_max_seconds)
@@ -301,6 +304,56 @@ def data_card(
     from lrl.data.cards import write_card
 
     typer.echo(f"card: {write_card(dataset, card_dir, name=name, language=language, licence=licence)}")
+
+
+@data_app.command("check-labels")
+@_user_errors
+def data_check_labels(
+    model: Annotated[Path, typer.Argument(help="A trained model directory (`lrl train run`), ideally trained on this data.", exists=True, file_okay=False)],
+    data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
+    split: Annotated[str, typer.Option(help="Split whose transcripts are checked.")] = CheckLabelsConfig.split,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for suspects.tsv, scores.tsv and report.md (default MODEL/check-labels-SPLIT, where `lrl report` finds them).", file_okay=False)] = None,
+    flag_fraction: Annotated[float, typer.Option(help="Share of the split flagged as suspects (the top of the ranking).", min=0.0, max=1.0)] = CheckLabelsConfig.flag_fraction,
+    write_clean: Annotated[Path | None, typer.Option("--write-clean", help="Also write a prepared dataset without the flagged clips here (trainable with `lrl train run`).", file_okay=False)] = None,
+    report_top: Annotated[int, typer.Option(help="Suspects listed in report.md.", min=1)] = CheckLabelsConfig.report_top,
+    batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = CheckLabelsConfig.batch_seconds,
+    cache: Annotated[bool, typer.Option(help="Reuse/keep log-probs in DATA/.lrl-cache/logits (shared with `lrl evaluate`).")] = CheckLabelsConfig.cache,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0 = automatic).", min=0)] = CheckLabelsConfig.threads,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = CheckLabelsConfig.allow_pickle,
+) -> None:
+    """Find bad transcripts: rank a split's clips by how unlikely the model finds their transcript (forced
+    alignment vs its own transcription) and guess the problem (wrong text, truncated audio, extra/missing words)."""
+    from lrl.evaluate.labels import check_labels
+
+    cfg = CheckLabelsConfig(split=split, flag_fraction=flag_fraction, report_top=report_top, batch_seconds=batch_seconds,
+                            cache=cache, threads=threads, allow_pickle=allow_pickle)
+    typer.echo(check_labels(model, data, cfg, out_dir=out, write_clean=write_clean).line())
+
+
+@data_app.command("select")
+@_user_errors
+def data_select(
+    model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
+    audio: Annotated[list[Path], typer.Argument(help="Untranscribed audio files or folders (searched recursively).", exists=True)],
+    hours: Annotated[float, typer.Option(help="Transcription budget: the chosen clips add up to at most this many hours.", min=0.0)] = SelectConfig.hours,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ordered list to write (TSV: path, duration, score, cumulative_hours, group).", dir_okay=False)] = Path(SELECTION_FILE),
+    max_group_share: Annotated[float, typer.Option(help="Most of the hours one group (folder: speaker/session) may take; 1 = no cap.", min=0.0, max=1.0)] = SelectConfig.max_group_share,
+    group_by: Annotated[GroupByOpt, typer.Option(help="What a group is: the clip's folder, or none (no diversity cap).")] = GroupByOpt(SelectConfig.group_by),
+    batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = SelectConfig.batch_seconds,
+    chunk_seconds: Annotated[float, typer.Option(help="Clips longer than this are run in overlapping chunks of this many seconds.")] = SelectConfig.chunk_seconds,
+    stride_seconds: Annotated[float, typer.Option(help="Overlap on each side of a chunk, dropped when merging.")] = SelectConfig.stride_seconds,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0 = automatic).", min=0)] = SelectConfig.threads,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = SelectConfig.allow_pickle,
+) -> None:
+    """Choose what to transcribe next: the clips the model is least sure of, spread over groups, up to H hours."""
+    from lrl.evaluate.select import select
+
+    cfg = SelectConfig(hours=hours, max_group_share=max_group_share, group_by=GroupByOpt(group_by).value,
+                       batch_seconds=batch_seconds, chunk_seconds=chunk_seconds, stride_seconds=stride_seconds,
+                       threads=threads, allow_pickle=allow_pickle)
+    chosen = select(model, audio, cfg, out=out)
+    total = chosen[-1].cumulative_hours if chosen else 0.0
+    typer.echo(f"{len(chosen)} clips, {total:.2f} h of {hours:g} h, most uncertain first: {out}")
 
 
 # ---------------------------------------------------------------------------------------------------

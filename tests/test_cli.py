@@ -92,8 +92,10 @@ def _config_sources():
     from lrl.data.vocab import VocabBuildConfig
     from lrl.decode.lm import LMBuildConfig
     from lrl.demo import DemoConfig
+    from lrl.evaluate.labels import CheckLabelsConfig
     from lrl.evaluate.scoring import EvaluateConfig
     from lrl.evaluate.scoring import evaluate as run_evaluate
+    from lrl.evaluate.select import SelectConfig, select
     from lrl.evaluate.transcribe import TranscribeConfig
     from lrl.evaluate.tuning import TuneConfig, tune
     from lrl.models.checkpoints import init_tiny, load_for_ctc
@@ -108,6 +110,8 @@ def _config_sources():
     return {
         "vocab build": ([NormalizerConfig, VocabBuildConfig], {}),
         "data prepare": ([PrepareConfig], {"splits": ("splits", lambda v: tuple(v.split(",")))}),
+        "data check-labels": ([CheckLabelsConfig], {}),
+        "data select": ([SelectConfig, select], {}),
         "augment preview": ([preview], {}),
         "train init-tiny": ([init_tiny], {}),
         "train build-start": ([StartConfig], {"per_language": "n_per_language", "fp32": negated("half")}),
