@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# the repository root instead of bench/ (a bench/NAME.py would shadow a standard module of that name: select.py)
+sys.path[:] = [str(ROOT), *(q for q in sys.path if Path(q or ".").resolve() != ROOT / "bench")]
 
 # (precision, attention, gradient checkpointing, batching): the cells, each against its neighbour
 CELLS = [
@@ -286,8 +287,7 @@ def main(argv=None) -> int:
     a.out.write_text(table, encoding="utf-8")
     print(table)
     if a.record:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from _results import update_section
+        from bench._results import update_section
 
         update_section("gpu", table)
     return 0
