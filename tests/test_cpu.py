@@ -87,6 +87,7 @@ def test_set_torch_threads_applies_and_never_rises_above_the_callers_count(one_t
     import torch
 
     monkeypatch.setattr(cpu, "busy_cpus", lambda: 0.0)
+    monkeypatch.setattr(cpu, "_last_set", None)  # what an earlier test's training run set must not leak in
     assert cpu.set_torch_threads(0)[0] == 1  # the caller (the fixture) set 1: automatic keeps it
     assert cpu.set_torch_threads(2)[0] == 2 and torch.get_num_threads() == 2
     assert cpu.set_torch_threads(0)[0] == 1  # lrl set the 2 itself: the ceiling is still the caller's 1
