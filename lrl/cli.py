@@ -72,13 +72,28 @@ app.add_typer(lm_app, name="lm")
 logger = logging.getLogger("lrl")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler bound to the current `sys.stderr` at every record: a caller that swaps stderr (a test
+    runner, a notebook) never leaves the handler writing to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always reads sys.stderr
+        pass
+
+
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    handler = _StderrHandler()  # writes to whatever sys.stderr is at each record, not the stream of the first call
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets", "numba"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
