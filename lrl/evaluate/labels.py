@@ -33,7 +33,7 @@ CONCENTRATED = 0.7  # share of the badly aligned characters in one part of the t
 SHORT_FREE = 0.7  # free decoding shorter than this share of the transcript: the audio holds less than the text
 RATE_WEIGHT = 1.0  # nats/char per unit of ln(chars per second / the split's median) above the median
 WRONG_CER = 0.5  # transcript vs free decoding CER from which the text is taken for another clip's ...
-WRONG_CER_OVER_MEDIAN = 1.5  # ... when it is also this many times the split's median CER
+WRONG_CER_MARGIN = 0.2  # ... when it is also this far above the split's median CER (a weak model errs everywhere)
 Kind = str  # "wrong_text" | "truncated" | "extra_words" | "missing_words" | "low_confidence"
 
 
@@ -203,13 +203,18 @@ def _kind(c: LabelCheck, median_cer: float) -> tuple[Kind, str]:
     """The problem a clip most likely has, and the evidence in one line."""
     evidence = (f"CER vs free decoding {c.cer:.2f}; {c.low_share:.0%} of characters badly aligned ({c.where}); "
                 f"{c.extra_words} extra / {c.missing_words} missing word(s)")
-    short = len(c.free) < SHORT_FREE * len(c.text)
-    if not math.isfinite(c.loss_per_char):
-        return "truncated", f"the transcript needs more frames than the {c.duration:.2f} s of audio give; " + evidence
-    if short and (c.where == "end" or c.prefix_cer < 0.5 * c.cer or c.rate_excess > math.log(1.5)):
+    def wrong(cer: float) -> bool:
+        return cer >= WRONG_CER and cer >= median_cer + WRONG_CER_MARGIN
+
+    # truncated: the audio holds less than the transcript, and what it holds is the transcript's start
+    short = len(c.free) < SHORT_FREE * len(c.text) or not math.isfinite(c.loss_per_char)
+    if short and (not wrong(c.prefix_cer) or c.where == "end"):
+        if not math.isfinite(c.loss_per_char):
+            return "truncated", f"the transcript needs more frames than the {c.duration:.2f} s of audio give; " + evidence
         return "truncated", f"the end of the transcript has no audio ({len(c.free)} of {len(c.text)} characters decoded); " + evidence
-    if c.cer >= WRONG_CER and c.cer >= WRONG_CER_OVER_MEDIAN * median_cer:
-        return "wrong_text", evidence
+    if wrong(c.cer) or not math.isfinite(c.loss_per_char):
+        return "wrong_text", evidence + (f"; more text than the {c.duration:.2f} s of audio can hold"
+                                         if not math.isfinite(c.loss_per_char) else "")
     if c.extra_words > c.missing_words:
         return "extra_words", evidence
     if c.missing_words > c.extra_words:
