@@ -407,3 +407,16 @@ def test_a_manifest_whose_every_train_row_is_unusable_says_why(tmp_path):
     with pytest.raises(LrlError, match=r"no usable train rows.*2 unsafe_path"):
         prepare(manifest, tmp_path / "out", PrepareConfig())
     assert not (tmp_path / "out").exists()
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would_give(tmp_path):
+    import os
+    import stat
+
+    from lrl.core.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with open(tmp_path / "b.txt", "w") as f:
+        f.write("x")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.txt") == mode(tmp_path / "b.txt")

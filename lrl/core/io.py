@@ -16,11 +16,21 @@ class LrlError(Exception):
     The CLI prints these without a traceback."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open(path, "w") would create, read once at import
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the mode a plain open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
