@@ -32,7 +32,9 @@ from lrl.data.vocab import RarePolicy, VocabBuildConfig
 from lrl.decode.lm import KENLM_MAX_ORDER, BinaryType, LMBuildConfig, LMUnit
 from lrl.decode.lm import OOVPolicy as LMOOVPolicy
 from lrl.demo import DemoConfig, DemoStart
+from lrl.evaluate.confidence import Confidence
 from lrl.evaluate.labels import CheckLabelsConfig
+from lrl.evaluate.pseudo import PseudoLabelConfig
 from lrl.evaluate.scoring import EvaluateConfig
 from lrl.evaluate.scoring import evaluate as _evaluate
 from lrl.evaluate.select import SELECTION_FILE, GroupBy, SelectConfig
@@ -162,6 +164,7 @@ SpecPresetOpt = _choices("SpecPresetOpt", SpecPreset)
 TinySizeOpt = _choices("TinySizeOpt", TinySize)
 LMBinaryOpt = _choices("LMBinaryOpt", BinaryType)
 LMOOVOpt = _choices("LMOOVOpt", LMOOVPolicy)
+ConfidenceOpt = _choices("ConfidenceOpt", Confidence)
 LMUnitOpt = _choices("LMUnitOpt", LMUnit)
 FreshOpt = _choices("FreshOpt", FreshSize)
 DemoStartOpt = _choices("DemoStartOpt", DemoStart)
@@ -437,6 +440,8 @@ def train_run(
     max_steps: Annotated[int | None, typer.Option(help="Optimizer updates. Sets optim.max_steps.", min=1)] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate of the top layer. Sets optim.lr.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Seconds of padded audio per batch. Sets batching.max_seconds.")] = None,
+    extra_data: Annotated[Path | None, typer.Option(help="A second prepared dataset trained on beside --data (`lrl pseudo-label` output). Sets data.extra_path.", exists=True, file_okay=False)] = None,
+    extra_weight: Annotated[float | None, typer.Option(help="Use at most this x the labelled train hours of --extra-data, most confident rows first. Sets data.extra_weight (default 1.0).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in the output directory.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set optim.layer_decay=0.8 (repeatable).")] = None,
 ) -> None:
@@ -452,7 +457,7 @@ def train_run(
     overrides = parse_overrides(set_ or [])
     named = {"data.path": data, "model.checkpoint": checkpoint, "output_dir": out, "model.init_head_from": init_head_from,
              "model.adapter_lang": adapter_lang, "optim.max_steps": max_steps, "optim.lr": lr,
-             "batching.max_seconds": max_seconds}
+             "batching.max_seconds": max_seconds, "data.extra_path": extra_data, "data.extra_weight": extra_weight}
     overrides.update({k: str(v) if isinstance(v, Path) else v for k, v in named.items() if v is not None})
     if allow_pickle:
         overrides["model.allow_pickle"] = True
@@ -743,6 +748,37 @@ def transcribe(
 @_user_errors
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Evaluated runs: MODEL/eval-SPLIT folders, model folders or demo outputs; several are shown side by side.", exists=True, file_okay=False)],
+@app.command("pseudo-label")
+@_user_errors
+def pseudo_label(
+    model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + vocab; its tuned LM is used when present).", exists=True, file_okay=False)],
+    audio: Annotated[list[Path], typer.Argument(help="Untranscribed audio: files, folders (searched recursively) or a prepared dataset (its labels are never read).", exists=True)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the pseudo-labelled dataset (`lrl data prepare` layout) and its report.")],
+    keep_share: Annotated[float, typer.Option(help="Keep this share of the utterances, most confident first (1 = all).")] = PseudoLabelConfig.keep_share,
+    min_confidence: Annotated[float, typer.Option(help="Keep only utterances with at least this confidence.")] = PseudoLabelConfig.min_confidence,
+    confidence: Annotated[ConfidenceOpt, typer.Option(help="Confidence utterances are ranked by (token_posterior ranked best by true CER: bench/RESULTS.md).")] = ConfidenceOpt(PseudoLabelConfig.confidence),
+    max_seconds: Annotated[float, typer.Option(help="Longer recordings are cut into utterances of at most this many seconds, at quiet points.")] = PseudoLabelConfig.max_seconds,
+    min_seconds: Annotated[float, typer.Option(help="Utterances shorter than this many seconds are dropped.")] = PseudoLabelConfig.min_seconds,
+    no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding even when the model has an LM.")] = not PseudoLabelConfig.use_lm,
+    split: Annotated[str, typer.Option(help="Split read from a prepared dataset given as AUDIO.")] = PseudoLabelConfig.split,
+    batch_seconds: Annotated[float, typer.Option(help="Seconds of padded audio per forward pass.")] = PseudoLabelConfig.batch_seconds,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = PseudoLabelConfig.allow_pickle,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = PseudoLabelConfig.overwrite,
+) -> None:
+    """Transcribe untranscribed audio with MODEL (and its LM), keep the confident utterances and write them as a
+    dataset for `lrl train run --extra-data` (self-training). Unreadable files are reported, not fatal."""
+    from lrl.evaluate.pseudo import REPORT_MD
+    from lrl.evaluate.pseudo import pseudo_label as run
+
+    cfg = PseudoLabelConfig(max_seconds=max_seconds, min_seconds=min_seconds, confidence=confidence.value,
+                            keep_share=keep_share, min_confidence=min_confidence, use_lm=not no_lm, split=split,
+                            batch_seconds=batch_seconds, allow_pickle=allow_pickle, overwrite=overwrite)
+    r = run(model, audio, out, cfg)
+    drops = ", ".join(f"{k} {v}" for k, v in r["dropped"].items()) or "none"
+    typer.echo(f"{r['kept']} of {r['utterances_in']} utterances kept ({r['kept_hours']:.3f} h, {r['decoding']} decoding; "
+               f"dropped: {drops}) -> {out} (report: {out / REPORT_MD})")
+
+
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (one self-contained page).", dir_okay=False)] = Path(REPORT_FILE),
     split: Annotated[str, typer.Option(help="Split of each run (RUN/eval-SPLIT).")] = ReportConfig.split,
     audio: Annotated[AudioModeOpt, typer.Option(help="embed: clips in the page (MP3 16 kHz, 24 kbit/s, less when a long split would pass 8 MB); link: OUT's _audio/ folder beside it; none: no players.")] = AudioModeOpt(ReportConfig.audio),

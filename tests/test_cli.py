@@ -93,6 +93,7 @@ def _config_sources():
     from lrl.decode.lm import LMBuildConfig
     from lrl.demo import DemoConfig
     from lrl.evaluate.labels import CheckLabelsConfig
+    from lrl.evaluate.pseudo import PseudoLabelConfig
     from lrl.evaluate.scoring import EvaluateConfig
     from lrl.evaluate.scoring import evaluate as run_evaluate
     from lrl.evaluate.select import SelectConfig, select
@@ -124,6 +125,7 @@ def _config_sources():
             "mask_length": "mask_time_length", "negatives": "num_negatives", "split": "splits"}),
         "evaluate": ([EvaluateConfig, run_evaluate], {"workers": "lm_workers", "no_lm": negated("use_lm")}),
         "transcribe": ([TranscribeConfig], {"no_lm": negated("use_lm")}),
+        "pseudo-label": ([PseudoLabelConfig], {"no_lm": negated("use_lm")}),
         "demo": ([DemoConfig], {}),
         "report": ([ReportConfig], {}),
     }

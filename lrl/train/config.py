@@ -41,8 +41,12 @@ class DataConfig:
     # on a CPU, where the cores train, up to 4 on a GPU: lrl.train.accel)
     cache_features: bool = True  # compute the frozen conv front end's output once, reuse it every epoch (lrl.train.featcache)
     cache_max_gb: float = 4.0  # no cache when it would take more memory than this (GiB)
+    extra_path: str = ""  # a second prepared dataset trained on beside data.path, e.g. `lrl pseudo-label` output ("" = none)
+    extra_weight: float = 1.0  # use at most this x the labelled train hours of it (most confident rows first; lrl.train.mix)
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.extra_weight) and self.extra_weight > 0):
+            raise ValueError(f"data.extra_weight must be > 0 (x the labelled train hours), got {self.extra_weight}")
         if self.cache_max_gb < 0:
             raise ValueError(f"data.cache_max_gb must be >= 0 (GiB), got {self.cache_max_gb}")
         if not self.train_split:

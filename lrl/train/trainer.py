@@ -266,6 +266,12 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
     if len(train_ds) == 0:
         raise LrlError(f"the {cfg.data.train_split!r} split of {cfg.data.path} is empty: expected training clips; "
                        "prepare the corpus again (see its summary.json for why rows were skipped) or set data.train_split")
+    mix_note = None
+    if cfg.data.extra_path:  # labelled + at most extra_weight x its hours of the extra set (lrl.train.mix)
+        from lrl.train.mix import mix_extra
+
+        train_ds, mix_note = mix_extra(train_ds, vocab, cfg.data.extra_path, cfg.data.extra_weight, cfg.seed)
+    train_rows = train_ds
     durations = [float(d) for d in train_ds["duration"]]
     if resume_from is not None:  # before anything is written: a refused resume leaves the run as it was
         check_resume(out, resume_from, out / CONFIG_FILE, vocab.token_to_id, {
@@ -318,7 +324,7 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
             device = "cuda" if torch.cuda.is_available() else "cpu"  # the Trainer moves it there anyway
             cache = featcache.build_feature_cache(model.to(device), train_ds, durations, eval_collator)
             collator = featcache.CachedFeatureCollator(cache, eval_collator)
-            rows = dsd[cfg.data.train_split].select_columns(["text"])
+            rows = train_rows.select_columns(["text"])
             train_ds = rows.add_column("row", np.arange(len(rows))).with_format("numpy")
             cache_note = f"{len(durations)} clips, {cache.nbytes / 2**20:.0f} MB, built in {cache.build_seconds:.1f} s"
         else:
@@ -374,7 +380,8 @@ def _train(cfg: TrainConfig, out: Path) -> TrainResult:
                                "train_hours": round(sum(durations) / 3600, 4), "world_size": world,
                                "feature_cache": cache_note, "recipe": recipe_note,
                                "threads": f"{threads}: {threads_note}", "accelerator": accel.to_dict(),
-                               "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")}})
+                               "spec_augment": {k: v for k, v in overrides.items() if k.startswith("mask_")},
+                               **({"extra_data": mix_note} if mix_note is not None else {})})
     with featcache.cached_front_end(model) if cache is not None else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=resume_from)
     if trainer.nonfinite_skipped and not trainer.finite_losses:

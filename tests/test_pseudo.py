@@ -1,0 +1,186 @@
+"""Self-training: confidences and the filter (lrl.evaluate.confidence), `lrl pseudo-label` (lrl.evaluate.pseudo)
+and `lrl train run --extra-data` (lrl.train.mix)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+from corpus_fixtures import make_fsdd_dataset
+from ctc_helpers import make_logp
+
+from lrl.data.vocab import Vocab
+from lrl.decode.decoder import greedy_decode
+from lrl.decode.lm import labels_for_vocab
+from lrl.evaluate.confidence import CONFIDENCES, char_error_rate, confidences, select, spearman
+from lrl.evaluate.pseudo import PseudoLabelConfig, segment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from lrl.core.text import NormalizerConfig
+
+    return Vocab.from_chars("abcdeiklmnoprst", NormalizerConfig())
+
+
+def _scored(vocab, logp):
+    g = greedy_decode(logp, labels_for_vocab(vocab))
+    return g.text, confidences(logp, g.text)
+
+
+def test_filter_keeps_planted_good_transcripts_and_drops_bad_ones(vocab):
+    ids = vocab.token_to_id
+    good = [make_logp(vocab, t) for t in ("banana split", "more cats", "dark red")]
+    # bad: every character nearly a coin toss between the right token and another one
+    bad = [make_logp(vocab, t, {i: {ids[c if c != " " else "|"]: 0.4, ids["k"]: 0.35} for i, c in enumerate(t)})
+           for t in ("stone mill", "cold iron", "red sails")]
+    rows = [_scored(vocab, lp) for lp in good + bad]
+    for c in ("token_posterior", "posterior", "beam"):
+        scores = [r[1][c] for r in rows]
+        sel = select(scores, [r[0] for r in rows], keep_share=0.5)
+        assert sel.kept == [True] * 3 + [False] * 3, c
+        assert sel.reasons[3:] == ["not_in_top_share"] * 3
+    scores = [r[1]["token_posterior"] for r in rows]
+    sel = select(scores, [r[0] for r in rows], min_confidence=0.8)
+    assert sel.kept == [True] * 3 + [False] * 3 and set(sel.reasons[3:]) == {"low_confidence"}
+    assert rows[0][0] == "banana split"
+
+
+def test_confidence_edge_cases_and_validation(vocab):
+    empty = confidences(np.zeros((0, len(vocab)), np.float32), "")
+    assert set(empty) == set(CONFIDENCES) and empty["beam"] == -math.inf
+    lp = make_logp(vocab, "cat")
+    assert confidences(lp, "cat", lm_text="cat")["agreement"] == 1.0
+    assert confidences(lp, "cat", lm_text="bat")["agreement"] == pytest.approx(2 / 3)
+    sel = select([0.9, 0.8], ["", "ok"])
+    assert sel.reasons == ["empty_transcript", ""]
+    with pytest.raises(ValueError, match="keep_share"):
+        select([1.0], ["a"], keep_share=0)
+    assert char_error_rate("abc", "abd") == pytest.approx(1 / 3) and char_error_rate("", "") == 0.0
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    for kw, match in (({"max_seconds": 0}, "max_seconds"), ({"min_seconds": 15}, "min_seconds"),
+                      ({"keep_share": 1.5}, "keep_share"), ({"confidence": "x"}, "confidence"),
+                      ({"min_confidence": math.nan}, "min_confidence")):
+        with pytest.raises(ValueError, match=match):
+            PseudoLabelConfig(**kw)
+
+
+def test_segment_cuts_long_audio_at_quiet_points(rng):
+    sr = 16000
+    loud = lambda s: rng.normal(0, 0.3, int(s * sr)).astype(np.float32)  # noqa: E731
+    quiet = lambda s: np.zeros(int(s * sr), np.float32)  # noqa: E731
+    wave = np.concatenate([loud(3), quiet(0.5), loud(3), quiet(0.5), loud(2)])
+    spans = segment(wave, max_seconds=5.0)
+    assert spans[0][0] == 0 and spans[-1][1] == len(wave)
+    assert all(e - s <= 5 * sr for s, e in spans) and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert 3 * sr <= spans[0][1] <= 3.5 * sr  # in the first pause
+    assert segment(wave[: 4 * sr], 5.0) == [(0, 4 * sr)]
+
+
+# -- the whole loop ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from conftest import SHARED_DATA
+
+    fsdd = SHARED_DATA / "fsdd"
+    if not fsdd.is_dir():
+        pytest.skip("shared FSDD data not found")
+    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=12, n_dev=4, n_test=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_data, tiny_ckpt, tmp_path_factory):
+    from lrl.train.config import load_config, parse_overrides
+    from lrl.train.trainer import train
+
+    out = tmp_path_factory.mktemp("model") / "m"
+    cfg = load_config(None, {**parse_overrides(["optim.max_steps=2", "data.eval_split=", "eval.save_steps=1000",
+                                                "batching.max_seconds=4"]),
+                             "data.path": str(tiny_data), "model.checkpoint": str(tiny_ckpt), "output_dir": str(out)})
+    train(cfg)
+    return out
+
+
+def test_pseudo_label_writes_a_loadable_dataset_that_trains_via_extra_data(tiny_data, tiny_model, tmp_path, cli):
+    import datasets
+    import yaml
+    from conftest import SHARED_DATA
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    clips = sorted((SHARED_DATA / "fsdd" / "recordings").glob("*.wav"))[-6:]
+    waves = []
+    for c in clips[:4]:
+        w, sr = sf.read(c, dtype="float32")
+        (audio / c.name).write_bytes(c.read_bytes())
+        waves.append(w)
+    sf.write(audio / "long.wav", np.concatenate(waves * 3), sr)  # cut into utterances (max 1.5 s)
+    out = tmp_path / "pseudo"
+    r = cli("pseudo-label", tiny_model, audio, tiny_data, "--out", out, "--keep-share", "1", "--min-confidence", "0",
+            "--max-seconds", "1.5", "--min-seconds", "0.1", "--split", "dev")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "pseudo_report.json").read_text())
+    assert report["decoding"] == "greedy" and report["utterances_in"] >= 4 + 4 + 2
+    dd = datasets.load_from_disk(str(out))
+    ds = dd["train"]
+    assert {"pseudo", "confidence", "audio", "text", "duration"} <= set(ds.column_names)
+    assert len(ds) == report["kept"] and all(ds["pseudo"])
+    assert Vocab.load(out / "vocab") == Vocab.load(tiny_model)
+    assert any(u.startswith("long_") for u in ds["id"]) or report["kept"] < report["scored"]
+    dev_ids = set(datasets.load_from_disk(str(tiny_data))["dev"]["id"])
+    assert dev_ids & set(ds["id"])  # the prepared split's rows came in (their labels were never read)
+    # labelled + pseudo: trains, and the resolved config records the mix
+    run = tmp_path / "run"
+    r = cli("train", "run", "--data", tiny_data, "--checkpoint", tiny_model, "--out", run, "--max-steps", "2",
+            "--extra-data", out, "--extra-weight", "5", "--max-seconds", "4", "--set", "data.eval_split=",
+            "--set", "eval.save_steps=1000")
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((run / "train_config.yaml").read_text())
+    mix = saved["resolved"]["extra_data"]
+    assert mix["weight"] == 5.0 and mix["extra_rows"] == len(ds)
+    assert mix["extra_used"] + mix["extra_dropped_oov"] + mix["extra_dropped_empty"] + mix["extra_over_cap"] == len(ds)
+    assert saved["resolved"]["train_clips"] == 12 + mix["extra_used"]
+    assert saved["data"]["extra_path"] == str(out)
+
+
+def test_unreadable_files_are_reported_not_fatal(tiny_model, tmp_path, cli):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.wav").write_bytes(b"not audio at all")
+    (bad / "b.flac").write_bytes(b"")
+    out = tmp_path / "pseudo"
+    r = cli("pseudo-label", tiny_model, bad, "--out", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "pseudo_report.json").read_text())
+    assert report["kept"] == 0 and report["dropped"] == {"unreadable": 2}
+    assert sorted(d["source"].rsplit("/", 1)[1] for d in report["unreadable"]) == ["a.wav", "b.flac"]
+    assert "unreadable" in (out / "pseudo_report.md").read_text()
+    r = cli("pseudo-label", tiny_model, bad, "--out", out)  # an existing --out needs --overwrite
+    assert r.exit_code != 0 and "--overwrite" in r.output
+
+
+def test_extra_weight_caps_the_extra_hours(tiny_data, tmp_path):
+    import datasets
+
+    from lrl.train.config import DataConfig
+    from lrl.train.mix import mix_extra
+
+    dd = datasets.load_from_disk(str(tiny_data))
+    vocab = Vocab.load(tiny_data / "vocab")
+    extra = dd["train"].add_column("confidence", [float(i) for i in range(len(dd["train"]))])
+    texts = list(extra["text"])
+    texts[-1] = texts[-1] + "\u00e6"  # a character outside the labelled vocabulary: dropped, counted
+    extra = extra.remove_columns("text").add_column("text", texts)
+    datasets.DatasetDict({"train": extra}).save_to_disk(str(tmp_path / "x"))
+    vocab.save(tmp_path / "x" / "vocab")
+    labelled = dd["train"].select(range(4))
+    mixed, note = mix_extra(labelled, vocab, tmp_path / "x", 1.0)
+    assert note["extra_dropped_oov"] == 1 and note["extra_used"] >= 1
+    assert note["extra_hours"] <= note["labelled_hours"] + 1e-9
+    assert len(mixed) == 4 + note["extra_used"]
+    with pytest.raises(ValueError, match="extra_weight"):
+        DataConfig(extra_weight=0)
