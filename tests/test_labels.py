@@ -89,7 +89,7 @@ def test_extra_and_missing_words(vocab):
     assert {c.id for c in checks.values() if c.flagged} == {"c1", "c4"}
 
 
-def test_check_labels_writes_what_lrl_report_reads_and_a_trainable_clean_dataset(tmp_path, vocab, monkeypatch):
+def test_check_labels_writes_what_lrl_report_reads_and_a_trainable_clean_dataset(tmp_path, vocab, monkeypatch, cli):
     import datasets
 
     import lrl.evaluate.inference as inference
@@ -121,6 +121,12 @@ def test_check_labels_writes_what_lrl_report_reads_and_a_trainable_clean_dataset
     assert (r.clean_dir / ".lrl-prepared").is_file()
     with pytest.raises(Exception, match="already exists"):
         write_clean_dataset(data, r.clean_dir, "train", set())
+    model.mkdir(exist_ok=True)
+    res = cli("data", "check-labels", model, data, "--out", tmp_path / "cl", "--flag-fraction", "0.125")
+    assert res.exit_code == 0 and "1 of 8 clips flagged (1 wrong_text)" in res.output, res.output
+    assert list(read_suspects(tmp_path / "cl" / SUSPECTS_FILE)) == ["c0"]
+    res = cli("data", "check-labels", model, data, "--write-clean", r.clean_dir)
+    assert res.exit_code == 1 and "already exists" in res.output
 
 
 # -- select ----------------------------------------------------------------------------------------
