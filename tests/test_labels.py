@@ -95,11 +95,8 @@ def test_check_labels_writes_what_lrl_report_reads_and_a_trainable_clean_dataset
     import lrl.evaluate.inference as inference
     from lrl.data.prepare import load_prepared
     from lrl.evaluate.labels import check_labels
-    from lrl.report.collect import SUSPECTS_DIR as REPORT_DIR
-    from lrl.report.collect import SUSPECTS_FILE as REPORT_FILE
     from lrl.report.collect import read_suspects
 
-    assert (SUSPECTS_DIR, SUSPECTS_FILE) == (REPORT_DIR, REPORT_FILE)
     data, model = tmp_path / "data", tmp_path / "model"
     transcripts = list(SPOKEN)
     transcripts[0] = SPOKEN[7]

@@ -12,20 +12,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lrl.core.io import LrlError, read_table
+from lrl.decode.decoder import DECODER_FILE
+from lrl.evaluate.labels import SUSPECTS_DIR, SUSPECTS_FILE  # check-labels writes them; one definition
 from lrl.evaluate.scoring import SUMMARY_FILE, UTTERANCES_FILE
+from lrl.train.config import CONFIG_FILE as TRAIN_CONFIG_FILE
 from lrl.train.report import CURVES_FILE
 
 logger = logging.getLogger(__name__)
 
-# The suspects of `lrl data check-labels` that a report marks: a TSV with a header holding at least `id`
-# (the utterance id of the prepared split) and `score` (a float, higher = more likely a bad transcript);
-# an optional `kind` column (e.g. "wrong text", "truncated audio") is shown beside the score. Looked for
-# at MODEL/check-labels-<split>/suspects.tsv unless a path is given.
-SUSPECTS_FILE = "suspects.tsv"
-SUSPECTS_DIR = "check-labels-{split}"
+# The suspects of `lrl data check-labels` that a report marks (SUSPECTS_DIR/SUSPECTS_FILE of
+# lrl.evaluate.labels): a TSV with a header holding at least `id` (the utterance id of the prepared split)
+# and `score` (a float, higher = more likely a bad transcript); an optional `kind` column (e.g. "wrong
+# text", "truncated audio") is shown beside the score. Looked for at MODEL/check-labels-<split>/ unless a
+# path is given.
 HEATMAP_FILE = "heatmap.png"  # written by lrl.evaluate.tuning.tune into MODEL/tune-<split>/
-TRAIN_CONFIG_FILE = "train_config.yaml"  # written by lrl train next to the model
-DECODER_FILE = "decoder.json"  # written by lrl lm tune next to the model
 
 
 @dataclass
