@@ -1,13 +1,16 @@
 """Bench: utterances/s and WER of lrl's beam search backends against pyctcdecode's own `decoder.decode()`
 called serially (the baseline): lrl's pool over stock pyctcdecode, and the C++ backend (flashlight-text) in
 one process and over all cores, on the same log-probs and the same KenLM model, at beam 32 and 100, in one
-run, interleaved (ABAB...) because other work shares the cores. Then word 3-gram vs character n-gram LMs from
-the same text, each tuned on dev (small alpha/beta grid, C++ backend) and scored on test.
+run, interleaved (ABAB...) because other work shares the cores. The C++ word search runs over the LM's
+unigrams alone (closed vocabulary) and with the training transcripts' words added (`--lexicon train.tsv`);
+pyctcdecode with those words as unigrams is the reference that tells the backend from the words. Then word
+3-gram vs character n-gram LMs from the same text, each tuned on dev (small alpha/beta grid, C++ backend) and
+scored on test.
 
 Log-probs: CTC-shaped posteriors built from the yo-cv dev+test transcripts and their real clip durations
 (20 ms frames: 1-2 frame spikes per character, blanks between, 12% of characters with the wrong token on
 top and the right one as runner-up);
-LM: `lrl lm build ../shared/data/lm-text/yo.txt --vocab V --order 3 --oov strip-marks`.
+LM: `lrl lm build ../shared/data/lm-text/yo.txt --vocab V --order 3 --oov strip-marks [--lexicon train.tsv]`.
 """
 
 from __future__ import annotations
@@ -99,6 +102,13 @@ def main() -> None:
         return r.stdout.strip().splitlines()[-1].split(" in ")[0]
 
     word_lm = build("lm", "--order", "3")
+    build("lm-lex", "--order", "3", "--lexicon", str(SHARED / "yo-cv" / "train.tsv"))
+    shutil.copytree(tmp / "lm-lex", tmp / "lm-uni")  # reference: the training words as pyctcdecode unigrams
+    lexicon = (tmp / "lm-lex" / "language_model" / "lexicon.txt").read_text(encoding="utf-8").split()
+    uni_path = tmp / "lm-uni" / "language_model" / "unigrams.txt"
+    uni_path.write_text("".join(w + "\n" for w in sorted(set(uni_path.read_text(encoding="utf-8").split()) | set(lexicon))),
+                        encoding="utf-8")
+    (tmp / "lm-uni" / "language_model" / "lexicon.txt").unlink()
     vocab = Vocab.load(tmp / "vocab")
     norm = Normalizer(vocab.normalizer)
     ms = {r["clip"]: float(r["duration[ms]"]) for r in read_table(SHARED / "yo-cv" / "clip_durations.tsv")[1]}
@@ -114,6 +124,9 @@ def main() -> None:
     logps = [synth_logp(t, int(d / 20), vocab, rng) for t, d in pairs]  # 20 ms frames (conv stride 320)
     frames = sum(len(x) for x in logps)
     files = find_lm(tmp / "lm")
+    vocab_words = {w for r in refs for w in r.split()}
+    ref_tokens = [w for r in refs for w in r.split()]
+    oov_lm = sum(w not in set(read_unigrams(files)) for w in ref_tokens) / len(ref_tokens)
     base = build_ctcdecoder(labels_for_vocab(vocab), str(files.model), unigrams=read_unigrams(files))  # alpha 0.5, beta 1.5
     cores = available_cores()
     beams = [int(b) for b in args.beams.split(",")]
@@ -136,7 +149,8 @@ def main() -> None:
         f"{n} utterances (yo-cv dev+test transcripts as CTC-shaped log-probs over their real clip durations, "
         f"{frames} frames of 20 ms, 12% of characters acoustically wrong with the right one as runner-up, "
         f"{len(vocab)} tokens); LM: `lrl lm build ../shared/data/lm-text/yo.txt --order 3 --oov strip-marks` "
-        f"({word_lm}); alpha 0.5, beta 1.5 for all. {cores} cores shared with other engineers' jobs (load "
+        f"({word_lm}); training words: {len(lexicon)} from yo-cv train.tsv ({len(set(lexicon) - set(read_unigrams(files)))} "
+        f"not among the LM's unigrams); alpha 0.5, beta 1.5 for all. {cores} cores shared with other engineers' jobs (load "
         f"{os.getloadavg()[0]:.1f} at the start); median of {args.repeats} interleaved rounds. Greedy WER: "
         f"{jiwer.wer(refs, [CTCDecoder.from_vocab(vocab).greedy(x).text for x in logps]):.2%}.",
         "",
@@ -144,18 +158,25 @@ def main() -> None:
         "|---:|---|---:|---:|---:|---:|",
     ]
     for beam in beams:
+        lm_of = {}
         arms = {
             f"lrl pool over stock pyctcdecode ({cores} workers)": DecoderConfig(backend="pyctcdecode", beam_width=beam),
-            "lrl C++ (flashlight-text), 1 process": DecoderConfig(backend="flashlight", beam_width=beam, workers=1),
-            f"lrl C++ (flashlight-text), {cores} workers": DecoderConfig(backend="flashlight", beam_width=beam),
+            "lrl C++, LM unigrams only (closed vocabulary), 1 process": DecoderConfig(backend="flashlight", beam_width=beam, workers=1),
+            "lrl C++, LM unigrams + training words, 1 process": DecoderConfig(backend="flashlight", beam_width=beam, workers=1),
+            f"lrl C++, LM unigrams + training words, {cores} workers": DecoderConfig(backend="flashlight", beam_width=beam),
+            "lrl C++, LM unigrams + training words, every token per frame (beam_size_token 0), 1 process":
+                DecoderConfig(backend="flashlight", beam_width=beam, workers=1, beam_size_token=0),
+            f"reference: lrl pool over pyctcdecode, training words as unigrams ({cores} workers)": DecoderConfig(backend="pyctcdecode", beam_width=beam),
         }
+        for k in arms:
+            lm_of[k] = tmp / ("lm-lex" if "training words," in k else "lm-uni" if "reference" in k else "lm")
         times = {"base": []} | {k: [] for k in arms}
         outs = {}
         for _ in range(args.repeats):
             t, outs["base"] = run_base(beam)
             times["base"].append(t)
             for name, cfg in arms.items():
-                t, outs[name] = run_lrl(cfg)
+                t, outs[name] = run_lrl(cfg, lm_of[name])
                 times[name].append(t)
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {k: statistics.median(b / c for b, c in zip(times["base"], times[k], strict=True)) for k in arms}
@@ -164,22 +185,25 @@ def main() -> None:
         lines.append(f"| {beam} | baseline: pyctcdecode `decode()` serially | {n / med['base']:.1f} | 1.00 | "
                      f"{wer['base']:.2%} | {n}/{n} |")
         lines += [f"| {beam} | {k} | {n / med[k]:.1f} | {ratio[k]:.2f} | {wer[k]:.2%} | {same[k]}/{n} |" for k in arms]
-        print("\n".join(lines[-4:]), flush=True)
+        print("\n".join(lines[-1 - len(arms):]), flush=True)
 
     # word vs character LMs: same text, each tuned on dev with the C++ backend, WER on test
     dev = [i for i, s in enumerate(split_of) if s == "dev"]
     test = [i for i, s in enumerate(split_of) if s == "test"]
-    lms = {"word 3-gram": (tmp / "lm", word_lm)}
+    lms = {"word 3-gram, pyctcdecode": (tmp / "lm", word_lm, "pyctcdecode"),
+           "word 3-gram, C++ (LM unigrams only)": (tmp / "lm", word_lm, "flashlight"),
+           "word 3-gram + training words, C++": (tmp / "lm-lex", word_lm, "flashlight")}
     for order in (int(o) for o in args.char_orders.split(",") if o):
-        lms[f"char {order}-gram"] = (tmp / f"char{order}", build(f"char{order}", "--unit", "char", "--order", str(order)))
+        lms[f"char {order}-gram, C++"] = (tmp / f"char{order}", build(f"char{order}", "--unit", "char", "--order", str(order)),
+                                          "flashlight")
     grid = [(a, b) for a in (0.25, 0.5, 1.0, 1.5) for b in (-1.0, 0.0, 1.5, 3.0)]
-    lines += ["", f"Word vs character LMs from the same text (C++ backend, beam 32; alpha/beta picked on the "
+    lines += ["", f"Word vs character LMs from the same text (beam 32; alpha/beta picked on the "
               f"{len(dev)} dev utterances from a {len(grid)}-point grid, WER on the {len(test)} test utterances):", "",
               "| LM | n-grams | best (alpha, beta) on dev | dev WER | test WER | test CER | grid time (s) |",
               "|---|---|---|---:|---:|---:|---:|"]
-    for name, (path, desc) in lms.items():
+    for name, (path, desc, backend) in lms.items():
         t0 = time.perf_counter()
-        dec = CTCDecoder.from_vocab(vocab, path, DecoderConfig(backend="flashlight", beam_width=32))
+        dec = CTCDecoder.from_vocab(vocab, path, DecoderConfig(backend=backend, beam_width=32))
         best = None
         with dec:
             for a, b in grid:
@@ -192,6 +216,10 @@ def main() -> None:
         lines.append(f"| {name} | {desc.split('(')[1].split(',')[0] if '(' in desc else desc} ... | ({best[1]:g}, {best[2]:g}) | "
                      f"{best[0]:.2%} | {jiwer.wer(tref, hyp):.2%} | {jiwer.cer(tref, hyp):.2%} | {time.perf_counter() - t0:.0f} |")
         print(lines[-1], flush=True)
+    tw = set(lexicon) | set(read_unigrams(files))
+    oov_both = sum(w not in tw for w in ref_tokens) / len(ref_tokens)
+    lines += ["", f"Reference words outside the LM's unigrams: {oov_lm:.1%} of {len(ref_tokens)} ({len(vocab_words)} types); "
+              f"outside the unigrams and the training words: {oov_both:.1%}."]
     md = "\n".join(lines + ["", NOTES])
     update_section("decode", md)
     print(md)
@@ -203,8 +231,12 @@ NOTES = (
     "with a closing word delimiter) or `LexiconFreeDecoder` (character LM), with lm_weight = alpha * ln 10 and "
     "word_score = beta, so beams are ranked as in pyctcdecode (equal totals on planted cases, tests/test_decode.py). "
     "Differences: merged paths are log-added over all alignments (pyctcdecode sums the beams it kept), and a word "
-    "LM decodes a closed vocabulary (no word outside the LM's unigrams), where pyctcdecode spells such words with "
-    "unk_score_offset. Character LMs stop at order 6: KenLM in flashlight-text's wheels (and the kenlm module) is "
+    "LM decodes a closed vocabulary: the LM's unigrams plus, with `lrl lm build --lexicon TRAIN` (or the train "
+    "split next to DATA/vocab), the training transcripts' words, scored as KenLM's <unk> when the LM lacks them; "
+    "pyctcdecode spells any word, with unk_score_offset when KenLM lacks it (so listing the training words as its "
+    "unigrams changes nothing: the reference row). The C++ search tries the beam_size_token (16) most probable "
+    "tokens per frame, pyctcdecode those above token_min_logp. backend=auto picks the C++ search "
+    "for a word LM with a lexicon.txt (and for character LMs). Character LMs stop at order 6: KenLM in flashlight-text's wheels (and the kenlm module) is "
     "compiled with KENLM_MAX_ORDER=6; 8- and 10-grams need both rebuilt."
 )
 

@@ -552,6 +552,7 @@ def lm_build(
     unit: Annotated[LMUnitOpt, typer.Option(help="word: n-grams over words; char: over characters with | between words (decoded lexicon-free by the C++ backend, pip install 'lrl[fast]').")] = LMUnitOpt(LMBuildConfig.unit),
     exclude: Annotated[list[Path] | None, typer.Option("--exclude", help="Dev/test transcripts (TSV, text or prepared dataset dir) to REMOVE from the LM text. Repeatable.", exists=True)] = None,
     heldout: Annotated[list[Path] | None, typer.Option("--heldout", help="Dev/test transcripts only checked for overlap (warned about). Repeatable.", exists=True)] = None,
+    lexicon: Annotated[list[Path] | None, typer.Option("--lexicon", help="Training transcripts whose words the C++ word search may spell beside the LM's (language_model/lexicon.txt; the train split next to DATA/vocab is read too). Repeatable.", exists=True)] = None,
     oov: Annotated[LMOOVOpt, typer.Option(help="Sentences with characters outside the vocabulary: strip-marks (remove combining marks the vocabulary lacks, then drop what is still outside), or drop.")] = LMOOVOpt(LMBuildConfig.oov),
     memory: Annotated[str, typer.Option("--memory", "-S", help="lmplz -S sorting memory: a percentage of RAM or a size (2G).")] = LMBuildConfig.memory,
     prune: Annotated[str | None, typer.Option(help="lmplz --prune thresholds per order, comma-separated, e.g. 0,0,1.")] = None,
@@ -567,7 +568,7 @@ def lm_build(
         order=order, unit=unit.value, memory=memory, prune=tuple(int(x) for x in prune.split(",")) if prune else (),
         discount_fallback=discount_fallback, binary=binary.value, keep_arpa=keep_arpa, oov=oov.value,
     )
-    r = build_lm(texts, vocab, out, cfg, exclude=exclude or (), heldout=heldout or ())
+    r = build_lm(texts, vocab, out, cfg, exclude=exclude or (), heldout=heldout or (), lexicon=lexicon or ())
     t = r.text
     typer.echo(
         f"{len(t.sentences)} of {t.read} sentences kept; dropped: {t.oov} with characters outside the vocabulary, "
@@ -594,11 +595,12 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 def lm_tune(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
-    lm: Annotated[Path | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model).", exists=True)] = None,
+    lm: Annotated[list[Path] | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model). Repeat it to compare LMs (word vs char): the best dev WER wins.", exists=True)] = None,
     split: Annotated[str, typer.Option(help="Split to tune on (never test).")] = _TUNE["split"],
     alphas: Annotated[str, typer.Option(help="Coarse grid of alpha (LM weight), comma-separated.")] = _csv(TuneConfig.alphas),
     betas: Annotated[str, typer.Option(help="Coarse grid of beta (word insertion bonus), comma-separated.")] = _csv(TuneConfig.betas),
     refine: Annotated[bool, typer.Option(help="Refine around the best point at half steps.")] = TuneConfig.refine,
+    refine_rounds: Annotated[int, typer.Option(help="Refinement rounds, each at half the previous step (0 = auto: 3 with the C++ backend, 1 with pyctcdecode).", min=0)] = TuneConfig.refine_rounds,
     grid_beam: Annotated[int, typer.Option(help="Beam width during the grid search.", min=1)] = TuneConfig.grid_beam,
     beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best WER wins.")] = _csv(TuneConfig.beam_widths),
     workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).", min=0)] = TuneConfig.workers,
@@ -607,12 +609,14 @@ def lm_tune(
 ) -> None:
     """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
     cfg = TuneConfig(
-        alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, grid_beam=grid_beam,
+        alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, refine_rounds=refine_rounds, grid_beam=grid_beam,
         beam_widths=tuple(int(b) for b in _floats(beam_widths, "--beam-widths")), workers=workers,
     )
-    r, out = _tune(model, data, lm=lm, split=split, config=cfg, install=install, allow_pickle=allow_pickle)
+    r, out = _tune(model, data, lm=lm or None, split=split, config=cfg, install=install, allow_pickle=allow_pickle)
     b = r.best
     d = r.default
+    if lm and len(lm) > 1:
+        typer.echo(f"best of {len(lm)} LMs: {r.lm} ({r.backend}); all in {out}/lms.tsv")
     typer.echo(f"{split} WER: greedy {r.greedy_wer:.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.wer:.2%} | "
                f"tuned alpha={b.alpha:g} beta={b.beta:g} beam={b.beam_width} {b.wer:.2%} (CER {b.cer:.2%})")
     typer.echo("beams: " + ", ".join(f"{p.beam_width}: {p.wer:.2%} in {p.seconds:.1f}s" for p in r.beams))

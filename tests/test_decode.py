@@ -1,9 +1,11 @@
 """The beam-search backends (lrl.decode.decoder + lrl.decode.flashlight): the C++ backend and stock
-pyctcdecode agree on planted cases, and character LMs build, load and decode. That a tuned model directory
+pyctcdecode agree on planted cases, character LMs build, load and decode, a word LM's lexicon of training
+words opens the C++ word search to them, and tuning uses the speed. That a tuned model directory
 still loads in transformers' `pipeline` with its LM is checked in tests/test_evaluate.py (the `lm tune` test)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,19 @@ import pytest
 from ctc_helpers import make_logp
 
 from lrl.data.vocab import build_vocab
-from lrl.decode.decoder import CTCDecoder, DecoderConfig
+from lrl.decode.decoder import CTCDecoder, DecoderConfig, lm_identity
 from lrl.decode.flashlight import flashlight_available
-from lrl.decode.lm import LMBuildConfig, build_lm, char_tokens, find_lm, lm_unit, read_unigrams
+from lrl.decode.lm import (
+    LMBuildConfig,
+    build_lm,
+    char_tokens,
+    find_lm,
+    install_lm,
+    lm_unit,
+    read_lexicon,
+    read_unigrams,
+)
+from lrl.evaluate.tuning import TuneConfig, tune_grid
 
 TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"  # the cat sat / the bat sat; "the cat" is likely
 needs_flashlight = pytest.mark.skipif(not flashlight_available(), reason="flashlight-text not installed (lrl[fast])")
@@ -106,3 +118,114 @@ def test_char_tokens_and_lm_unit():
     assert lm_unit(["a", "b", "|"]) == "char"
     assert lm_unit(["a", "cat", "sat"]) == "word"
     assert lm_unit(None) == "word"
+
+
+def _build_or_skip(*args, **kwargs):
+    pytest.importorskip("kenlm")
+    try:
+        return build_lm(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - lmplz missing is an environment matter
+        pytest.skip(f"lmplz unavailable: {e}")
+
+
+@pytest.fixture
+def dog_setup(tmp_path):
+    """An LM text without "dog" and training transcripts with it."""
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat\n" * 5 + "the bat sat\non the mat\n", encoding="utf-8")
+    train = tmp_path / "train.txt"
+    train.write_text("the dog sat\non the mat\n", encoding="utf-8")
+    vocab = build_vocab(["the cat sat", "the bat sat", "on the mat", "the dog sat"]).vocab
+    vocab.save(tmp_path / "vocab")
+    return tmp_path, text, train, vocab
+
+
+@needs_flashlight
+def test_word_lm_lexicon_lets_the_cpp_search_spell_training_words(dog_setup):
+    """`lrl lm build --lexicon TRAIN`: the training words go to language_model/lexicon.txt; the C++ word search
+    spells them (scored as KenLM's <unk>), which it cannot over the LM's unigrams alone; auto then picks C++."""
+    tmp, text, train, vocab = dog_setup
+    _build_or_skip([text], tmp / "vocab", tmp / "closed", LMBuildConfig(order=2))
+    _build_or_skip([text], tmp / "vocab", tmp / "lex", LMBuildConfig(order=2), lexicon=[train])
+    files = find_lm(tmp / "lex")
+    assert files.lexicon is not None and read_lexicon(files) == ["dog", "mat", "on", "sat", "the"]
+    assert find_lm(tmp / "closed").lexicon is None
+    assert "dog" not in read_unigrams(files)
+    logp = make_logp(vocab, "the dog sat")
+    texts = {}
+    for name, lm in (("closed", tmp / "closed"), ("lex", tmp / "lex")):
+        with CTCDecoder.from_vocab(vocab, lm, DecoderConfig(backend="flashlight", workers=1)) as dec:
+            texts[name] = dec.decode(logp).text
+    assert texts["lex"] == "the dog sat"
+    assert "dog" not in texts["closed"].split()  # closed vocabulary: the LM's unigrams only
+    with CTCDecoder.from_vocab(vocab, tmp / "closed", DecoderConfig(backend="pyctcdecode", workers=1)) as dec:
+        assert dec.decode(logp).text == "the dog sat"  # pyctcdecode spells it with unk_score_offset
+    assert CTCDecoder.from_vocab(vocab, tmp / "lex").backend == "flashlight"  # auto: word LM + lexicon -> C++
+    assert CTCDecoder.from_vocab(vocab, tmp / "closed").backend == "pyctcdecode"  # auto: no lexicon -> open vocabulary
+    assert lm_identity(tmp / "lex") != lm_identity(tmp / "closed")  # tuned values are not shared between them
+
+
+def test_install_lm_copies_the_lexicon_and_marks_only_word_lms_for_transformers(dog_setup):
+    """A character LM is installed for lrl's decoder, but the processor configs are not marked as
+    Wav2Vec2ProcessorWithLM (pyctcdecode would read '|' as a word); a word LM's lexicon travels with it."""
+    tmp, text, train, vocab = dog_setup
+    _build_or_skip([text], tmp / "vocab", tmp / "char", LMBuildConfig(order=4, unit="char"))
+    _build_or_skip([text], tmp / "vocab", tmp / "word", LMBuildConfig(order=2), lexicon=[train])
+    for name in ("char", "word"):
+        model = tmp / f"model-{name}"
+        model.mkdir()
+        (model / "preprocessor_config.json").write_text('{"sampling_rate": 16000}', encoding="utf-8")
+        install_lm(tmp / name, model, vocab, 0.7, 1.0)
+        marked = "processor_class" in json.loads((model / "preprocessor_config.json").read_text(encoding="utf-8"))
+        assert marked == (name == "word")
+        assert (model / "language_model" / "lexicon.txt").is_file() == (name == "word")
+        assert find_lm(model).attrs["alpha"] == 0.7
+    assert lm_identity(tmp / "model-word") == lm_identity(tmp / "word")
+
+
+@needs_flashlight
+def test_tuning_with_the_cpp_backend_refines_more_and_picks_among_lms(cat_vocab):
+    """refine_rounds=0 (auto): 3 rounds of halving steps with the C++ backend, 1 with pyctcdecode."""
+    ids = cat_vocab.token_to_id
+    logps = [make_logp(cat_vocab, "the cat sat", {4: {ids["b"]: 0.9, ids["c"]: 0.08}}) for _ in range(2)]
+    refs = ["the cat sat"] * 2
+    cfg = TuneConfig(alphas=(0.0, 1.0, 2.0), betas=(0.0, 2.0), beam_widths=(8,), workers=1)
+    res = {}
+    for backend in ("flashlight", "pyctcdecode"):
+        res[backend] = tune_grid(CTCDecoder.from_vocab(cat_vocab, TINY_ARPA, DecoderConfig(backend=backend)),
+                                 logps, refs, cfg)
+    fast, slow = res["flashlight"], res["pyctcdecode"]
+    assert fast.backend == "flashlight" and slow.backend == "pyctcdecode"
+    steps = {round(abs(p.alpha - fast.best.alpha), 4) for p in fast.fine} - {0.0}
+    assert min(steps) == pytest.approx(1.0 / 8)  # three halvings of the coarse alpha step
+    assert min({round(abs(p.alpha - slow.best.alpha), 4) for p in slow.fine} - {0.0}) == pytest.approx(0.5)
+    assert fast.best.wer == 0.0 and slow.best.wer == 0.0
+    with pytest.raises(ValueError, match="refine_rounds must be >= 0"):
+        TuneConfig(refine_rounds=-1)
+
+
+@needs_flashlight
+def test_cli_tune_over_a_word_and_a_char_lm_keeps_the_better(tmp_path, cat_vocab, rng, cli):
+    """`lrl lm tune --lm WORD --lm CHAR`: each LM is tuned, the lowest dev WER wins and is installed; both are
+    listed in tune-dev/lms.tsv and decoder.json. A character LM leaves the processor configs unmarked."""
+    import datasets
+    from test_evaluate import noise_split, save_tiny_model  # the same tiny model and noise dataset
+
+    model = save_tiny_model(tmp_path / "model", cat_vocab)
+    data = tmp_path / "data"
+    datasets.DatasetDict({s: noise_split(s, rng) for s in ("dev", "test")}).save_to_disk(str(data))
+    cat_vocab.save(data / "vocab")
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat\nthe bat sat\non the mat\n", encoding="utf-8")
+    _build_or_skip([text], data / "vocab", tmp_path / "char", LMBuildConfig(order=3, unit="char"))
+    out = cli("lm", "tune", model, data, "--lm", TINY_ARPA, "--lm", tmp_path / "char", "--alphas", "0,1",
+              "--betas", "0", "--beam-widths", "4", "--workers", "1", "--refine-rounds", "1")
+    assert out.exit_code == 0, out.output
+    assert "best of 2 LMs" in out.output
+    rows = (model / "tune-dev" / "lms.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("lm\tbackend\talpha") and len(rows) == 3
+    dj = json.loads((model / "decoder.json").read_text(encoding="utf-8"))
+    cands = dj["lm_candidates"]
+    assert {c["backend"] for c in cands} == {"pyctcdecode", "flashlight"}
+    best = min(cands, key=lambda c: (round(c["wer"], 9), round(c["cer"], 9)))
+    assert dj["lm_source"] == best["lm"] and dj["tuned_backend"] == best["backend"]

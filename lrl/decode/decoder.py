@@ -21,6 +21,7 @@ from lrl.core.io import LrlError, atomic_write_text
 from lrl.data.vocab import Vocab
 from lrl.decode.constants import (
     DEFAULT_ALPHA,
+    DEFAULT_BEAM_SIZE_TOKEN,
     DEFAULT_BEAM_WIDTH,
     DEFAULT_BETA,
     DEFAULT_MIN_TOKEN_LOGP,
@@ -54,11 +55,14 @@ class DecoderConfig:
     score_boundary: bool = True  # score <s> ... </s> sentence boundaries with the LM
     beam_prune_logp: float = DEFAULT_PRUNE_LOGP  # beams this far (log) below the best are dropped
     token_min_logp: float = DEFAULT_MIN_TOKEN_LOGP  # tokens below this log-prob are not expanded (unless argmax)
+    beam_size_token: int = DEFAULT_BEAM_SIZE_TOKEN  # C++ backend: the most probable tokens tried per frame
+    # (0 = all); pyctcdecode's cut is token_min_logp
     workers: int = 0  # processes for batch decoding; 0 = all available cores, 1 = in this process
     compress_blanks: bool = True  # cut runs of blank-only frames to one before the beam search (exact)
     backend: Backend = "auto"  # beam search: "flashlight" (C++, pip install 'lrl[fast]'), "pyctcdecode", or
-    # "auto" = flashlight for character LMs (`lrl lm build --unit char`), pyctcdecode for word LMs. Same scoring
-    # (alpha on the LM's natural log, beta per word); flashlight's word search spells only the LM's unigrams
+    # "auto" = flashlight for character LMs (`lrl lm build --unit char`) and, when installed, for word LMs with
+    # a lexicon.txt of training words; pyctcdecode otherwise. Same scoring (alpha on the LM's natural log, beta
+    # per word); flashlight's word search spells only the LM's unigrams and the lexicon's words
 
     def __post_init__(self) -> None:
         if self.beam_width < 1:
@@ -73,6 +77,8 @@ class DecoderConfig:
             raise ValueError(f"unk_score_offset must be <= 0, got {self.unk_score_offset}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.beam_size_token < 0:
+            raise ValueError(f"beam_size_token must be >= 0 (0 = all tokens), got {self.beam_size_token}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
 
@@ -175,7 +181,7 @@ def _beam_search(key: str, params: tuple, logp: np.ndarray, index: np.ndarray | 
     decoder = _REGISTRY[key]
     if not hasattr(decoder, "decode_beams"):  # the C++ search (lrl.decode.flashlight)
         return decoder.search(params, logp, index)
-    alpha, beta, unk, boundary, beam_width, prune_logp, min_logp = params
+    alpha, beta, unk, boundary, beam_width, prune_logp, min_logp, _beam_size_token = params
     decoder.reset_params(alpha=float(alpha), beta=float(beta), unk_score_offset=float(unk), lm_score_boundary=bool(boundary))
     beams = decoder.decode_beams(logp, beam_width=int(beam_width), beam_prune_logp=float(prune_logp),
                                  token_min_logp=float(min_logp), prune_history=True)  # as decode(): best beam only
@@ -252,37 +258,41 @@ class CTCDecoder:
     @property
     def backend(self) -> str:
         """The beam search in use: "flashlight" (C++) or "pyctcdecode" (config.backend with "auto" resolved:
-        flashlight for a character LM, pyctcdecode otherwise, because flashlight's word search only spells the
-        LM's unigrams and lost 14 WER points to out-of-lexicon words in bench/decode.py)."""
+        flashlight for a character LM; for a word LM with training words (lexicon.txt) when flashlight-text is
+        installed; pyctcdecode otherwise. Over the LM's unigrams alone flashlight's closed-vocabulary word search
+        lost 14 WER points to pyctcdecode in bench/decode.py; with the training words it wins, see there)."""
         b = self.config.backend
         if b == "auto":
-            return "flashlight" if self._lm_unit() == "char" else "pyctcdecode"
+            if self.lm_path is None:
+                return "pyctcdecode"
+            from lrl.decode.flashlight import flashlight_available
+            from lrl.decode.lm import find_lm, lm_unit, read_unigrams
+
+            files = find_lm(self.lm_path)
+            if lm_unit(read_unigrams(files)) == "char":
+                return "flashlight"
+            return "flashlight" if files.lexicon is not None and flashlight_available() else "pyctcdecode"
         return b
-
-    def _lm_unit(self) -> str:
-        if self.lm_path is None:
-            return "word"
-        from lrl.decode.lm import find_lm, lm_unit, read_unigrams
-
-        return lm_unit(read_unigrams(find_lm(self.lm_path)))
 
     def _build(self):
         if self._decoder is not None:
             return self._decoder
         c = self.config
-        model_path, unigrams, unit = None, None, "word"
+        model_path, unigrams, unit, lexicon = None, None, "word", []
         if self.lm_path is not None:
-            from lrl.decode.lm import find_lm, lm_unit, read_unigrams
+            from lrl.decode.lm import find_lm, lm_unit, read_lexicon, read_unigrams
 
             files = find_lm(self.lm_path)
             model_path, unigrams = str(files.model), read_unigrams(files)
             unit = lm_unit(unigrams)
+            lexicon = read_lexicon(files) if unit == "word" else []
             self._check_alphabet([] if unit == "char" else unigrams or [], files.lm_dir)
         backend = self.backend
         if backend == "flashlight":
             from lrl.decode.flashlight import FlashlightSearch
 
-            self._decoder = FlashlightSearch(self.labels, self.blank_id, model_path, unigrams, unit)
+            words = [*(unigrams or ()), *lexicon] if model_path else None  # the LM's words first, then training words
+            self._decoder = FlashlightSearch(self.labels, self.blank_id, model_path, words, unit)
         else:
             if unit == "char":
                 raise ValueError(
@@ -328,7 +338,8 @@ class CTCDecoder:
 
     def _params(self, config: DecoderConfig) -> tuple:
         c = config
-        return (c.alpha, c.beta, c.unk_score_offset, c.score_boundary, c.beam_width, c.beam_prune_logp, c.token_min_logp)
+        return (c.alpha, c.beta, c.unk_score_offset, c.score_boundary, c.beam_width, c.beam_prune_logp, c.token_min_logp,
+                c.beam_size_token)
 
     def _prepare(self, logp: np.ndarray, config: DecoderConfig) -> tuple[np.ndarray, np.ndarray | None]:
         logp = np.asarray(logp)
@@ -466,6 +477,8 @@ def lm_identity(lm: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     h.update(b"\0unigrams\0" + "\n".join(sorted(set(read_unigrams(files) or []))).encode("utf-8"))
+    if files.lexicon is not None:  # the words the C++ search spells change what alpha/beta fit
+        h.update(files.lexicon.read_bytes())
     return h.hexdigest()
 
 
@@ -492,7 +505,8 @@ def read_decoder_json(model_dir: str | Path) -> dict:
 
 def write_decoder_json(model_dir: str | Path, config: DecoderConfig, **extra) -> Path:
     """Record the decoder settings (and e.g. lm path, dev WER before/after) in MODEL/decoder.json."""
-    keep = ("alpha", "beta", "beam_width", "unk_score_offset", "score_boundary", "beam_prune_logp", "token_min_logp")
+    keep = ("alpha", "beta", "beam_width", "unk_score_offset", "score_boundary", "beam_prune_logp", "token_min_logp",
+            "beam_size_token")
     data = {k: v for k, v in asdict(config).items() if k in keep}
     data.update(extra)
     path = Path(model_dir) / DECODER_FILE

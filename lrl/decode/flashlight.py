@@ -1,6 +1,6 @@
 """The C++ beam search: flashlight-text's CTC decoders with its bundled KenLM (the search behind torchaudio's
-`ctc_decoder`). A word LM decodes through `LexiconDecoder` over a lexicon spelled from the LM's unigrams; a
-character LM (`lrl lm build --unit char`) through `LexiconFreeDecoder`. lrl's alpha/beta map onto its LM
+`ctc_decoder`). A word LM decodes through `LexiconDecoder` over a lexicon spelled from the LM's unigrams and
+the training words of its lexicon.txt (those outside the LM score as KenLM's <unk>); a character LM (`lrl lm build --unit char`) through `LexiconFreeDecoder`. lrl's alpha/beta map onto its LM
 weight and word score so that both backends rank beams by the same formula as pyctcdecode.
 """
 
@@ -80,13 +80,13 @@ class FlashlightSearch:
         self._decoders: dict[tuple, object] = {}
 
     def _decoder(self, params: tuple):
-        alpha, beta, unk, _boundary, beam_width, prune_logp, _min_logp = params
-        key = (alpha, beta, unk, beam_width, prune_logp)
+        alpha, beta, unk, _boundary, beam_width, prune_logp, _min_logp, beam_size_token = params
+        key = (alpha, beta, unk, beam_width, prune_logp, beam_size_token)
         dec = self._decoders.get(key)
         if dec is not None:
             return dec
         fl = self._fl
-        n = len(self.labels)
+        n = min(int(beam_size_token), len(self.labels)) or len(self.labels)
         weight = float(alpha) * LOG10_TO_LN
         if self.unit == "word":
             opts = fl.LexiconDecoderOptions(

@@ -1,7 +1,8 @@
 """KenLM n-gram language models for CTC beam search: LM text normalised with the vocabulary's own
 normaliser (sentences with characters outside the vocabulary dropped and counted, dev/test overlap
 warned about or excluded), `lmplz` + `build_binary`, the unigram list, and the directory layout that
-pyctcdecode and `Wav2Vec2ProcessorWithLM` load (`alphabet.json` + `language_model/`).
+pyctcdecode and `Wav2Vec2ProcessorWithLM` load (`alphabet.json` + `language_model/`), plus the training
+transcripts' words (`lexicon.txt`) that the C++ word search spells beside the LM's unigrams.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ LM_DIR = "language_model"  # pyctcdecode's BeamSearchDecoderCTC._LANGUAGE_MODEL_
 ALPHABET_FILE = "alphabet.json"  # pyctcdecode's BeamSearchDecoderCTC._ALPHABET_SERIALIZED_FILENAME
 ATTRS_FILE = "attrs.json"  # pyctcdecode's LanguageModel._ATTRS_SERIALIZED_FILENAME
 UNIGRAMS_FILE = "unigrams.txt"  # pyctcdecode's LanguageModel._UNIGRAMS_SERIALIZED_FILENAME
+LEXICON_FILE = "lexicon.txt"  # lrl's: training-transcript words the C++ word search may spell (pyctcdecode ignores it)
 REPORT_FILE = "lm_build.json"
 CORPUS_FILE = "corpus.txt"
 ARPA_FILE = "lm.arpa"
@@ -241,6 +243,18 @@ def _dataset_texts(data_dir: Path, splits: Sequence[str] | None) -> list[str]:
     return out
 
 
+def train_from_vocab_dir(vocab_dir: str | Path) -> list[str]:
+    """Train transcripts of the prepared dataset a vocabulary lives in (`DATA/vocab/`), else []."""
+    data_dir = Path(vocab_dir).resolve().parent
+    if not (data_dir / "dataset_dict.json").is_file():
+        return []
+    try:
+        return _dataset_texts(data_dir, splits=("train",))
+    except Exception as e:  # the lexicon is an addition: a half-written dataset must not stop an LM build
+        logger.warning("could not read train transcripts from %s for the lexicon: %s", data_dir, e)
+        return []
+
+
 def heldout_from_vocab_dir(vocab_dir: str | Path) -> list[str]:
     """Dev/test transcripts of the prepared dataset a vocabulary lives in (`DATA/vocab/`), else []."""
     data_dir = Path(vocab_dir).resolve().parent
@@ -424,6 +438,7 @@ def build_lm(
     config: LMBuildConfig | None = None,
     exclude: Sequence[str | Path] = (),
     heldout: Sequence[str | Path] = (),
+    lexicon: Sequence[str | Path] = (),
 ) -> LMBuildResult:
     """Build a KenLM model into OUT (see `_build_lm_in` for the files). The build is written beside OUT, in
     a staging directory of the same parent, and swapped in by renames only once complete: a failed or
@@ -439,7 +454,7 @@ def build_lm(
     staging.mkdir()
     try:
         with _sigterm_as_interrupt():
-            result = _build_lm_in(text_paths, vocab_dir, staging, config, exclude, heldout)
+            result = _build_lm_in(text_paths, vocab_dir, staging, config, exclude, heldout, lexicon)
             _swap_in(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -487,11 +502,14 @@ def _build_lm_in(
     config: LMBuildConfig | None,
     exclude: Sequence[str | Path],
     heldout: Sequence[str | Path],
+    lexicon: Sequence[str | Path] = (),
 ) -> LMBuildResult:
     """Build OUT/language_model/{lm.bin|lm.arpa, unigrams.txt, attrs.json} + OUT/alphabet.json (so OUT
     loads with `BeamSearchDecoderCTC.load_from_dir`), OUT/normalizer.json, OUT/corpus.txt and a report
     OUT/lm_build.json; lmplz/build_binary's own output goes to OUT/kenlm.log. `exclude`: files whose
-    sentences are removed from the LM text (dev/test); `heldout`: files only checked for overlap (the dev/test splits next to a `DATA/vocab` are checked too)."""
+    sentences are removed from the LM text (dev/test); `heldout`: files only checked for overlap (the dev/test splits next to a `DATA/vocab` are checked too).
+    `lexicon`: training transcripts whose words go to language_model/lexicon.txt (word LMs; the train split
+    next to a `DATA/vocab` is read too) so the C++ word search can spell them although the LM text lacks them."""
     config = config or LMBuildConfig()
     t0 = time.perf_counter()
     vocab = Vocab.load(vocab_dir)
@@ -565,6 +583,17 @@ def _build_lm_in(
             model_path = lm_dir / ARPA_FILE
 
     atomic_write_text(lm_dir / UNIGRAMS_FILE, "".join(w + "\n" for w in unigrams))
+    lexicon_report = None
+    if config.unit == "word":
+        lex_text = prepare_text(read_sentences(lexicon) + train_from_vocab_dir(vocab_dir), vocab, oov=config.oov)
+        lex_words = sorted({w for s in lex_text.sentences for w in s.split()})
+        if lex_words:
+            atomic_write_text(lm_dir / LEXICON_FILE, "".join(w + "\n" for w in lex_words))
+            new = len(set(lex_words) - set(unigrams))
+            lexicon_report = {"sources": [str(p) for p in lexicon], "sentences": len(lex_text.sentences),
+                              "words": len(lex_words), "not_in_unigrams": new}
+            logger.info("lexicon: %d training words (%d not among the LM's unigrams) -> %s", len(lex_words), new,
+                        lm_dir / LEXICON_FILE)
     write_attrs(lm_dir, config.alpha, config.beta, config.unk_score_offset)
     write_alphabet(out, vocab)
     vocab.normalizer.save(out)
@@ -577,6 +606,7 @@ def _build_lm_in(
         "text": text.summary(),
         "words": {"tokens": sum(words.values()), "types": len(words), "unigrams_written": len(unigrams)},
         "ngrams": counts,
+        "lexicon": lexicon_report,
         "model": str(model_path.relative_to(out)),
         "kenlm_log": KENLM_LOG,
         "seconds": round(seconds, 2),
@@ -595,6 +625,7 @@ class LMFiles:
     model: Path
     unigrams: Path | None  # unigrams.txt; None for a bare file (an ARPA's 1-grams are read instead)
     attrs: dict
+    lexicon: Path | None = None  # lexicon.txt (training words for the C++ word search), if the LM has one
 
 
 def find_lm(path: str | Path) -> LMFiles:
@@ -607,7 +638,8 @@ def find_lm(path: str | Path) -> LMFiles:
         uni = path.parent / UNIGRAMS_FILE
         attrs_path = path.parent / ATTRS_FILE
         attrs = json.loads(attrs_path.read_text(encoding="utf-8")) if attrs_path.is_file() else {}
-        return LMFiles(path.parent, path, uni if uni.is_file() else None, attrs)
+        lex = path.parent / LEXICON_FILE
+        return LMFiles(path.parent, path, uni if uni.is_file() else None, attrs, lex if lex.is_file() else None)
     lm_dir = path / LM_DIR if (path / LM_DIR).is_dir() else path
     if not lm_dir.is_dir():
         raise LrlError(f"{path}: no such file or directory; expected the output of `lrl lm build`")
@@ -622,7 +654,8 @@ def find_lm(path: str | Path) -> LMFiles:
         attrs = json.loads((lm_dir / ATTRS_FILE).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise LrlError(f"{lm_dir / ATTRS_FILE} is not valid JSON: {e}") from e
-    return LMFiles(lm_dir, models[0], lm_dir / UNIGRAMS_FILE, attrs)
+    lex = lm_dir / LEXICON_FILE
+    return LMFiles(lm_dir, models[0], lm_dir / UNIGRAMS_FILE, attrs, lex if lex.is_file() else None)
 
 
 def arpa_unigrams(arpa: str | Path) -> list[str]:
@@ -652,10 +685,19 @@ def read_unigrams(files: LMFiles) -> list[str] | None:
     return None
 
 
+def read_lexicon(files: LMFiles) -> list[str]:
+    """The training words of `lexicon.txt` ([] when the LM has none)."""
+    if files.lexicon is None:
+        return []
+    return [w for w in files.lexicon.read_text(encoding="utf-8").splitlines() if w and w not in SPECIAL_WORDS]
+
+
 def install_lm(lm: str | Path, target_dir: str | Path, vocab: Vocab, alpha: float, beta: float,
                unk_score_offset: float | None = None) -> Path:
     """Copy an LM into `target_dir/language_model/` (with new attrs) and write `target_dir/alphabet.json`,
-    so `Wav2Vec2ProcessorWithLM.from_pretrained(target_dir)` and `pipeline` find it. Returns the LM dir."""
+    so `Wav2Vec2ProcessorWithLM.from_pretrained(target_dir)` and `pipeline` find it. A character LM is copied
+    for lrl's own decoding but the processor configs are not marked: pyctcdecode scores words and cannot
+    decode it (`Wav2Vec2ProcessorWithLM` would search with '|' as a word). Returns the LM dir."""
     src = find_lm(lm)
     dst = Path(target_dir) / LM_DIR
     if src.lm_dir.resolve() != dst.resolve():
@@ -666,13 +708,19 @@ def install_lm(lm: str | Path, target_dir: str | Path, vocab: Vocab, alpha: floa
         shutil.copy2(src.model, tmp / src.model.name)
         unigrams = read_unigrams(src) or []
         atomic_write_text(tmp / UNIGRAMS_FILE, "".join(w + "\n" for w in sorted(set(unigrams))))
+        if src.lexicon is not None:
+            shutil.copy2(src.lexicon, tmp / LEXICON_FILE)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
     unk = src.attrs.get("unk_score_offset", DEFAULT_UNK_SCORE_OFFSET) if unk_score_offset is None else unk_score_offset
     write_attrs(dst, alpha, beta, unk, bool(src.attrs.get("score_boundary", True)))
     write_alphabet(target_dir, vocab)
-    mark_processor_with_lm(target_dir)
+    if lm_unit(read_unigrams(src)) == "char":
+        logger.info("%s is a character LM: installed for lrl's decoder only (Wav2Vec2ProcessorWithLM and "
+                    "pipeline decode word LMs; their configs are left unmarked)", src.lm_dir)
+    else:
+        mark_processor_with_lm(target_dir)
     return dst
 
 

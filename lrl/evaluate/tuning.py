@@ -1,12 +1,14 @@
 """Tuning the LM weights on cached dev log-probs: `tune_grid` searches (alpha, beta) on a coarse grid, refines
-around the best point and then picks the beam width, in parallel over the decoder's process pool;
-`plot_heatmap` draws WER over the grid; `tune` runs both on a split and writes MODEL/decoder.json (and
-installs the tuned LM into the model directory).
+around the best point in rounds of halving steps (more rounds when the C++ backend makes points cheap) and
+then picks the beam width, in parallel over the decoder's process pool; `plot_heatmap` draws WER over the
+grid; `tune` runs both on a split for one LM or several (word vs char: the best dev WER wins) and writes
+MODEL/decoder.json (and installs the tuned LM into the model directory).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,10 @@ class TuneConfig:
 
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)  # LM weights of the coarse grid
     betas: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0)  # word insertion bonuses of the coarse grid
-    refine: bool = True  # then a 3x3 grid around the best point at half the coarse steps
+    refine: bool = True  # then 3x3 grids around the best point, the first at half the coarse steps
+    refine_rounds: int = 0  # such grids, each at half the previous step around the best so far (a pattern
+    # search); 0 = auto: AUTO_ROUNDS_FAST with the C++ backend (about 10x cheaper per point in bench/decode.py),
+    # 1 with pyctcdecode
     grid_beam: int = 32  # beam width during the grid search (the LM weights matter more than the beam)
     beam_widths: tuple[int, ...] = (16, 32, 64, 100)  # tried at the best (alpha, beta); the smallest
     # within `beam_tolerance` of the best WER wins
@@ -42,6 +47,11 @@ class TuneConfig:
             raise ValueError(f"beam_tolerance must be >= 0, got {self.beam_tolerance}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.refine_rounds < 0:
+            raise ValueError(f"refine_rounds must be >= 0 (0 = auto), got {self.refine_rounds}")
+
+
+AUTO_ROUNDS_FAST = 3  # refinement rounds with the C++ backend: 1 + 3x8 points more than the pyctcdecode search
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class TuneResult:
     fine: list[TunePoint]
     beams: list[TunePoint]
     best: TunePoint
+    lm: str = ""  # the LM tuned (its path)
+    backend: str = ""  # the beam search that decoded it ("flashlight" or "pyctcdecode")
+    seconds: float = 0.0  # wall time of the whole search
 
     def grid(self, points: list[TunePoint]) -> tuple[list[float], list[float], np.ndarray]:
         alphas = sorted({p.alpha for p in points})
@@ -101,6 +114,7 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
     config = config or TuneConfig()
     if not decoder.has_lm:
         raise LrlError("tuning needs a language model: pass --lm DIR (from `lrl lm build`)")
+    t0 = time.perf_counter()
     norm = normalizer or (lambda t: " ".join(t.split()))
     base = replace(decoder.config, beam_width=config.grid_beam)
     decoder.close()  # a pool forked earlier would not see the dev data registered below
@@ -123,19 +137,21 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
         default = next(p for p in done if (p.alpha, p.beta) == (DEFAULT_ALPHA, DEFAULT_BETA))
         best = _best(coarse)
         fine: list[TunePoint] = []
-        if config.refine:
-            da = _step(config.alphas) / 2
-            db = _step(config.betas) / 2
+        rounds = (config.refine_rounds or (AUTO_ROUNDS_FAST if decoder.backend == "flashlight" else 1)) if config.refine else 0
+        da, db = _step(config.alphas), _step(config.betas)
+        for _ in range(rounds):
+            da, db = da / 2, db / 2
             pts = [(round(best.alpha + i * da, 4), round(best.beta + j * db, 4), config.grid_beam)
                    for j in (-1, 0, 1) for i in (-1, 0, 1) if best.alpha + i * da >= 0]
-            seen = {(p.alpha, p.beta) for p in coarse}
-            fine = run([p for p in pts if (p[0], p[1]) not in seen]) + [p for p in coarse if (p.alpha, p.beta) in {
-                (q[0], q[1]) for q in pts}]
+            done_at = {(p.alpha, p.beta): p for p in coarse + fine}
+            fine += run([p for p in pts if (p[0], p[1]) not in done_at])
+            fine += [done_at[(a, b)] for a, b, _ in pts if (a, b) in done_at and done_at[(a, b)] not in fine]
             best = _best(coarse + fine)
         beams = run([(best.alpha, best.beta, w) for w in sorted(set(config.beam_widths))])
         top = min(p.wer for p in beams)
         chosen = min((p for p in beams if p.wer <= top + config.beam_tolerance), key=lambda p: p.beam_width)
-        return TuneResult(greedy, default, coarse, fine, beams, chosen)
+        return TuneResult(greedy, default, coarse, fine, beams, chosen, str(decoder.lm_path), decoder.backend,
+                          time.perf_counter() - t0)
     finally:
         _TUNE_DATA.pop(data_key, None)
         decoder.close()
@@ -190,14 +206,16 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
     return path
 
 
-def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = None, split: str = "dev",
-         config: TuneConfig | None = None, install: bool = True, cache: bool = True,
+def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | Sequence[str | Path] | None = None,
+         split: str = "dev", config: TuneConfig | None = None, install: bool = True, cache: bool = True,
          allow_pickle: bool = False) -> tuple[TuneResult, Path]:
     """Tune on the cached log-probs of `split`; write MODEL/decoder.json (lm, alpha, beta, beam, dev WER
     before/after), MODEL/tune-<split>/{grid.tsv, heatmap.png}, and with `install` copy the LM into
     MODEL/language_model/ with the tuned attrs.json (+ MODEL/alphabet.json) so Wav2Vec2ProcessorWithLM and
     `lrl evaluate` use it. decoder.json records the LM's identity (`lm_identity`): another LM does not get
-    these values. `allow_pickle` also loads pickle weights (only from sources you trust)."""
+    these values. `allow_pickle` also loads pickle weights (only from sources you trust). Several `lm`s (e.g. a
+    word and a character LM from the same text) are each tuned and the lowest dev WER (then CER) wins; all are
+    listed in MODEL/tune-<split>/lms.tsv and decoder.json's `lm_candidates`."""
     from lrl.core.text import Normalizer
     from lrl.data.vocab import Vocab
     from lrl.decode.decoder import lm_identity, write_decoder_json
@@ -210,10 +228,26 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = No
     norm = Normalizer(vocab.normalizer)
     keep = [i for i, r in enumerate(logps.refs) if norm(r)]
     warn_if_flat([logps.logps[i] for i in keep])
-    decoder = load_decoder(model_dir, lm=lm, workers=config.workers)
+    lms = [lm] if lm is None or isinstance(lm, (str, Path)) else list(lm)
+    if not lms:
+        raise LrlError("no LM to tune: pass --lm DIR (repeat it to compare word and character LMs)")
+    results: list[tuple[TuneResult, object]] = []
+    for one in lms:
+        decoder = load_decoder(model_dir, lm=one, workers=config.workers)
+        results.append((tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep],
+                                  config, norm), decoder))
+    result, decoder = min(results, key=lambda rd: (round(rd[0].best.wer, 9), round(rd[0].best.cer, 9)))
     lm_source = decoder.lm_path
-    result = tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep], config, norm)
     out = model_dir / f"tune-{split}"
+    candidates = [{"lm": r.lm, "backend": r.backend, "alpha": r.best.alpha, "beta": r.best.beta,
+                   "beam_width": r.best.beam_width, "wer": r.best.wer, "cer": r.best.cer,
+                   "points": len(r.coarse) + len(r.fine) + len(r.beams) + 1, "seconds": round(r.seconds, 3)}
+                  for r, _ in results]
+    if len(results) > 1:
+        keys = list(candidates[0])
+        atomic_write_text(out / "lms.tsv", "\n".join(["\t".join(keys)] + [
+            "\t".join(f"{c[k]:.6f}" if isinstance(c[k], float) and k in ("wer", "cer") else str(c[k]) for k in keys)
+            for c in candidates]) + "\n")
     rows = ["pass\talpha\tbeta\tbeam_width\twer\tcer\tseconds"]
     for name, pts in (("coarse", result.coarse), ("fine", result.fine), ("beam", result.beams), ("default", [result.default])):
         rows += [f"{name}\t{p.alpha:g}\t{p.beta:g}\t{p.beam_width}\t{p.wer:.6f}\t{p.cer:.6f}\t{p.seconds:.3f}" for p in pts]
@@ -229,6 +263,7 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | None = No
         model_dir, cfg, lm=lm_record, lm_source=str(lm_source), lm_identity=lm_identity(lm_source),
         tuned_on=f"{data_dir}:{split}", n_utterances=len(keep),
         dev_wer={"greedy": result.greedy_wer, "defaults_0.5_1.5": result.default.wer, "tuned": b.wer},
-        dev_cer_tuned=b.cer,
+        dev_cer_tuned=b.cer, tuned_backend=result.backend,
+        **({"lm_candidates": candidates} if len(results) > 1 else {}),
     )
     return result, out
