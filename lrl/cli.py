@@ -748,10 +748,6 @@ def transcribe(
         raise typer.Exit(1)
 
 
-@app.command()
-@_user_errors
-def report(
-    runs: Annotated[list[Path], typer.Argument(help="Evaluated runs: MODEL/eval-SPLIT folders, model folders or demo outputs; several are shown side by side.", exists=True, file_okay=False)],
 @app.command("pseudo-label")
 @_user_errors
 def pseudo_label(
@@ -783,6 +779,10 @@ def pseudo_label(
                f"dropped: {drops}) -> {out} (report: {out / REPORT_MD})")
 
 
+@app.command()
+@_user_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluated runs: MODEL/eval-SPLIT folders, model folders or demo outputs; several are shown side by side.", exists=True, file_okay=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (one self-contained page).", dir_okay=False)] = Path(REPORT_FILE),
     split: Annotated[str, typer.Option(help="Split of each run (RUN/eval-SPLIT).")] = ReportConfig.split,
     audio: Annotated[AudioModeOpt, typer.Option(help="embed: clips in the page (MP3 16 kHz, 24 kbit/s, less when a long split would pass 8 MB); link: OUT's _audio/ folder beside it; none: no players.")] = AudioModeOpt(ReportConfig.audio),
