@@ -1,6 +1,6 @@
 """What keeps a preparation run from harming other files and processes: the lock on an output directory (one
-writer at a time), the marker that says a directory is a dataset lrl wrote (and so may replace), SIGTERM
-handled like Ctrl-C, and decoding workers that die with their parent.
+writer at a time), the marker that says a directory is a dataset lrl wrote (and so may replace), and
+decoding workers that die with their parent (through lrl.core.procs, which also turns SIGTERM into Ctrl-C).
 """
 
 from __future__ import annotations
@@ -10,19 +10,17 @@ import json
 import logging
 import os
 import signal
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from lrl.core.io import LrlError, atomic_write_text
+from lrl.core.procs import parent_death_hook
 
 logger = logging.getLogger(__name__)
 
 # Written into every directory `prepare` publishes; only a directory holding it may be replaced (--overwrite).
 PREPARED_MARKER = ".lrl-prepared"
 LOCK_SUFFIX = ".lock"  # OUT.lock beside OUT, held while a run writes OUT; removed at the end
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def write_marker(directory: Path, fmt: int) -> None:
@@ -75,25 +73,6 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the body, SIGTERM raises KeyboardInterrupt in the main thread, so that `kill PID` cleans up
-    (temporary directory, workers) as Ctrl-C does. The previous handler is restored after. A no-op off the
-    main thread, where Python cannot install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def worker_init(parent_pid: int) -> None:
     """Initializer of a decoding worker: die with the parent (kill -9 of the parent leaves no orphan holding
     memory and writing into a dead run's directory). Linux: the kernel sends SIGKILL when the parent exits
@@ -101,15 +80,10 @@ def worker_init(parent_pid: int) -> None:
     SIGTERM goes back to its default (a worker forked while the parent's handler was installed must not
     raise KeyboardInterrupt into the pool's pipes)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError) as e:  # pragma: no cover - a libc without prctl
-            logger.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", e)
-    if os.getppid() != parent_pid:
+    hook = parent_death_hook(parent_pid)
+    if hook is not None:
+        hook()
+    elif os.getppid() != parent_pid:
         os._exit(1)
 
 

@@ -24,6 +24,7 @@ from lrl.core import hf_datasets
 from lrl.core.audio import AudioError, load_audio
 from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE, TEXT_COLUMNS
 from lrl.core.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
+from lrl.core.procs import sigterm_as_interrupt
 from lrl.core.text import DigitsInText, Normalizer, NormalizerConfig
 from lrl.data import guard
 
@@ -487,7 +488,7 @@ def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = Non
     same `out` while this one holds its lock fails at once (LrlError); SIGTERM cleans up as Ctrl-C does."""
     config = config or PrepareConfig()
     src, out = Path(src), Path(out)
-    with guard.output_lock(out), guard.sigterm_as_interrupt():
+    with guard.output_lock(out), sigterm_as_interrupt():
         return _prepare(src, out, config, vocab_dir)
 
 

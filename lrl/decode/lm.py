@@ -12,19 +12,18 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
 from lrl.core.io import LrlError, atomic_write_text
+from lrl.core.procs import parent_death_hook, sigterm_as_interrupt
 from lrl.core.text import Normalizer, char_display, char_name
 from lrl.data.vocab import Vocab, normalize_lines, read_transcripts
 from lrl.decode.constants import DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_UNK_SCORE_OFFSET
@@ -314,7 +313,7 @@ def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what
     ) as fout:
         try:
             proc = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE, check=False,
-                                  preexec_fn=_die_with_parent())
+                                  preexec_fn=parent_death_hook())
         except OSError as e:
             raise LrlError(f"could not run {cmd[0]}: {e}. {SETUP_HINT}") from e
     err = proc.stderr.decode("utf-8", "replace")
@@ -329,50 +328,10 @@ def _run(cmd: list[str], stdin_path: Path | None, stdout_path: Path | None, what
     return err
 
 
-def _die_with_parent():
-    """A `preexec_fn` for the KenLM tools: the kernel kills the child when lrl dies, SIGKILL included
-    (prctl PR_SET_PDEATHSIG), so no orphan lmplz goes on sorting n-grams for a build nobody will finish;
-    if lrl died before the call, the child exits at once. None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the body, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so `kill PID` of a build kills
-    the running KenLM tool (subprocess.run does on any exception) and removes the staging directory. A no-op
-    off the main thread, where Python cannot install handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # -- building ------------------------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STAGING_INFIX = ".lm-build-"  # OUT's parent/.OUT.lm-build-<pid>: where a build is written before the swap
+
+
 @dataclass
 class LMBuildResult:
     out: Path
@@ -453,7 +412,7 @@ def build_lm(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             result = _build_lm_in(text_paths, vocab_dir, staging, config, exclude, heldout, lexicon)
             _swap_in(staging, final)
     finally:
