@@ -131,30 +131,37 @@ def compress_blank_frames(
     return logp[idx], idx
 
 
-def greedy_decode(logp: np.ndarray, labels: Sequence[str]) -> Hypothesis:
-    """Best path: argmax per frame, repeats collapsed, blanks dropped; word frames from the CTC path."""
-    ids = np.argmax(logp, axis=1) if len(logp) else np.zeros(0, dtype=np.int64)
-    words: list[Word] = []
+def path_words(path: Sequence[int], labels: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Words of a frame-level CTC path (one token id per frame) with (first frame, last frame + 1): repeats
+    collapsed, blanks ("") dropped, " " between words. Greedy decoding and the C++ backend read paths so."""
+    words: list[tuple[str, int, int]] = []
     cur, start, end, prev = "", -1, -1, -1
-    for t, i in enumerate(ids.tolist()):
+    for t, i in enumerate(path):
+        ch = labels[i] if 0 <= i < len(labels) else ""
         if i != prev:
-            ch = labels[i]
             if ch == " ":
                 if cur:
-                    words.append(Word(cur, start, end))
+                    words.append((cur, start, end))
                 cur = ""
             elif ch:
                 if not cur:
                     start = t
                 cur += ch
                 end = t + 1
-        elif labels[i] and labels[i] != " ":
+        elif ch and ch != " ":
             end = t + 1
         prev = i
     if cur:
-        words.append(Word(cur, start, end))
+        words.append((cur, start, end))
+    return words
+
+
+def greedy_decode(logp: np.ndarray, labels: Sequence[str]) -> Hypothesis:
+    """Best path: argmax per frame, repeats collapsed, blanks dropped; word frames from the CTC path."""
+    ids = np.argmax(logp, axis=1) if len(logp) else np.zeros(0, dtype=np.int64)
+    words = tuple(Word(*w) for w in path_words(ids.tolist(), labels))
     score = float(logp[np.arange(len(ids)), ids].sum()) if len(ids) else 0.0
-    return Hypothesis(" ".join(w.word for w in words), tuple(words), score, score)
+    return Hypothesis(" ".join(w.word for w in words), words, score, score)
 
 
 # -- the pool worker (module level: pickled by name) ----------------------------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lrl.decode.decoder import path_words
+
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "the C++ decoder needs flashlight-text: pip install 'lrl[fast]' (or pip install flashlight-text)"
@@ -116,32 +118,8 @@ class FlashlightSearch:
         T, N = em.shape
         res = self._decoder(params).decode(em.ctypes.data, T, N)[0]
         path = list(res.tokens)[1:T]  # flashlight pads the path with one token on each side; drop the end frame
-        words = _path_words(path, self.labels)
+        words = path_words(path, self.labels)
         text = " ".join(w for w, _, _ in words)
         if index is not None and len(index):
             words = [(w, int(index[s]), int(index[e - 1]) + 1) for w, s, e in words]
         return text, tuple(words), float(res.emittingModelScore), float(res.score)
-
-
-def _path_words(path: Sequence[int], labels: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Words of a frame-level CTC path with (first frame, last frame + 1), as lrl's greedy decoding reads them."""
-    words: list[tuple[str, int, int]] = []
-    cur, start, end, prev = "", -1, -1, -1
-    for t, i in enumerate(path):
-        ch = labels[i] if 0 <= i < len(labels) else ""
-        if i != prev:
-            if ch == " ":
-                if cur:
-                    words.append((cur, start, end))
-                cur = ""
-            elif ch:
-                if not cur:
-                    start = t
-                cur += ch
-                end = t + 1
-        elif ch and ch != " ":
-            end = t + 1
-        prev = i
-    if cur:
-        words.append((cur, start, end))
-    return words
