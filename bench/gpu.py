@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# the repository root instead of bench/ (a bench/NAME.py would shadow a standard module of that name: select.py)
+# the repository root instead of bench/ (a bench/NAME.py must never shadow a standard module of that name)
 sys.path[:] = [str(ROOT), *(q for q in sys.path if Path(q or ".").resolve() != ROOT / "bench")]
 
 # (precision, attention, gradient checkpointing, batching): the cells, each against its neighbour

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [str(ROOT), *(q for q in sys.path if Path(q or ".").resolve() != ROOT / "bench")]  # bench/select.py
+sys.path[:] = [str(ROOT), *(q for q in sys.path if Path(q or ".").resolve() != ROOT / "bench")]  # a bench/NAME.py never shadows a stdlib module
 
 WORK = ROOT / "bench" / "_work" / "scale"
 YO_CV = ROOT.parent / "shared" / "data" / "yo-cv"
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         set_torch_threads(0)
         print("RESULT " + json.dumps(run_cell(a.one, a.steps, a.max_seconds)), flush=True)
         return 0
-    import subprocess  # after sys.path drops bench/ (bench/select.py would shadow the module it imports)
+    import subprocess
 
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []

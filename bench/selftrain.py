@@ -12,32 +12,18 @@ Usage: python bench/selftrain.py [--updates 480] [--arms abc] [--smoke]
 
 from __future__ import annotations
 
+import argparse
+import json
+import shutil
 import sys
-
-_BENCH = sys.path.pop(0)  # this folder holds select.py, which would shadow the stdlib module subprocess imports
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 WORK = ROOT / "bench" / "_work" / "selftrain"
 LRL = [sys.executable, "-m", "lrl"]
-sys.path.append(_BENCH)  # for _results, after the stdlib
 sys.path.insert(0, str(ROOT))
-
-
-def run(cmd: list, log: Path) -> float:
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{log.read_text(errors='replace')[-3000:]}")
-    return time.perf_counter() - t0
+from labels import run  # noqa: E402  (bench/labels.py: run a command, its output to a log, wall seconds)
 
 
 def split_data(data: Path, lab: Path, unl: Path, hidden: Path, share: float, seed: int = 0) -> None:
