@@ -11,8 +11,11 @@ Arms (all `tiny_config("small")`-shaped, 2.5M parameters):
   d  the best start of a-c plus layer-wise LR decay, progressive unfreezing and `light` augmentation
   e  the same start as d with the defaults of HF's run_speech_recognition_ctc.py (lr 3e-4, warmup 500,
      linear decay, batch 8 clips, feature encoder frozen, mask_time_prob 0.05)
-Each arm: greedy and with a KenLM 3-gram from lm-text/yo.txt (dev/test sentences excluded), alpha/beta
-tuned on dev; WER/CER on test. Usage: python bench/lowres.py [--minutes 20] [--arms abcde] [--smoke]
+Each arm: greedy, with a KenLM word 3-gram and with a character 6-gram (KenLM's largest order) from
+lm-text/yo.txt (dev/test sentences excluded), each LM's alpha/beta tuned on dev with the C++ backend; WER/CER on
+test for both, and the LM the dev WER picks. `--steps c=2050,d=1930` trains a fixed number of updates per arm
+instead of a wall-clock budget (a run that shares the CPU then trains the same model).
+Usage: python bench/lowres.py [--minutes 20] [--steps ARM=N,...] [--arms abcde] [--smoke]
 """
 
 from __future__ import annotations
@@ -45,9 +48,15 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+STEPS: dict[str, int] = {}  # --steps: arm -> fixed updates (no wall-clock budget)
+
+
 def train_cmd(data: Path, start: str, out: Path, minutes: float, extra: list[str]) -> list[str]:
+    arm = out.parent.name
+    budget = (["--set", "max_minutes=0", "--set", f"optim.max_steps={STEPS[arm]}"] if arm in STEPS
+              else ["--set", f"max_minutes={minutes}", "--set", "optim.max_steps=100000"])
     sets = [
-        "--set", f"max_minutes={minutes}", "--set", "optim.max_steps=100000",
+        *budget,
         "--set", "eval.eval_steps=100", "--set", "eval.save_total_limit=1", "--set", "data.max_eval_clips=40",
     ]
     return [*LRL, "train", "run", "--data", data, "--checkpoint", start, "--out", out, *sets, *extra]
@@ -70,10 +79,23 @@ GRID = ["--alphas", "0,0.5,1,1.5,2", "--betas", "-1,0,1,2,3", "--beam-widths", "
 SMOKE_GRID = ["--alphas", "0.5,1.5", "--betas", "0,2", "--no-refine", "--grid-beam", "8", "--beam-widths", "8"]
 
 
-def evaluate_arm(model: Path, data: Path, lm: Path, logdir: Path, grid: list[str]) -> dict:
-    run([*LRL, "lm", "tune", model, data, "--lm", lm, "--split", "dev", *grid], logdir / "tune.log")
-    run([*LRL, "evaluate", model, data, "--split", "test"], logdir / "evaluate.log")
-    return json.loads((model / "eval-test" / "summary.json").read_text())
+def evaluate_arm(model: Path, data: Path, lms: dict[str, Path], logdir: Path, grid: list[str]) -> dict:
+    """Greedy test scores, then for each LM (word, char): tune on dev, score test. The one with the lower dev WER
+    is the arm's `lm` (chosen on dev, never on test) and stays installed in the model."""
+    out: dict = {"by_lm": {}}
+    for name, lm in lms.items():
+        run([*LRL, "lm", "tune", model, data, "--lm", lm, "--split", "dev", *grid], logdir / f"tune-{name}.log")
+        run([*LRL, "evaluate", model, data, "--split", "test"], logdir / f"evaluate-{name}.log")
+        summary = json.loads((model / "eval-test" / "summary.json").read_text())
+        dec = json.loads((model / "decoder.json").read_text())
+        out["greedy"] = summary["greedy"]
+        out["by_lm"][name] = {"test": summary["lm"], "dev_wer": dec["dev_wer"]["tuned"],
+                              "alpha": dec.get("alpha"), "beta": dec.get("beta"), "beam": dec.get("beam_width")}
+    best = min(out["by_lm"], key=lambda k: out["by_lm"][k]["dev_wer"])
+    out["lm"], out["best_lm"] = out["by_lm"][best]["test"], best
+    if best != list(lms)[-1]:  # leave the dev-chosen LM installed
+        run([*LRL, "lm", "tune", model, data, "--lm", lms[best], "--split", "dev", *grid], logdir / f"tune-{best}.log")
+    return out
 
 
 def main() -> None:
@@ -82,26 +104,33 @@ def main() -> None:
     ap.add_argument("--pretrain-share", type=float, default=0.4, help="share of arm b's budget spent pretraining")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets: checks the pipeline, measures nothing")
     ap.add_argument("--arms", default="abcde")
+    ap.add_argument("--steps", default="", help="fixed updates per arm instead of --minutes, e.g. c=2050,d=1930,e=390")
     ap.add_argument("--report", action="store_true", help="run nothing: rewrite the table from WORK/state.json")
     args = ap.parse_args()
     if args.report:
         args.arms = ""
     if args.smoke:
         args.minutes = 1.5
+    STEPS.update({k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(",") if kv)})
     WORK.mkdir(parents=True, exist_ok=True)
-    data, lm = WORK / "yo-data", WORK / "yo-lm"
+    data, lm, char_lm = WORK / "yo-data", WORK / "yo-lm", WORK / "yo-char-lm"
     if not (data / "summary.json").is_file():
         run([*LRL, "data", "prepare", SHARED / "yo-cv", "--out", data, "--language", "yo", "--no-card"], WORK / "prepare.log")
     if not (lm / "lm_build.json").is_file():
         run([*LRL, "lm", "build", SHARED / "lm-text" / "yo.txt", "--vocab", data / "vocab", "--order", "3",
              "--oov", "strip-marks", "--exclude", SHARED / "yo-cv" / "dev.tsv", "--exclude", SHARED / "yo-cv" / "test.tsv",
              "--out", lm], WORK / "lm.log")
+    if not (char_lm / "lm_build.json").is_file():
+        run([*LRL, "lm", "build", SHARED / "lm-text" / "yo.txt", "--vocab", data / "vocab", "--order", "6",
+             "--unit", "char", "--oov", "strip-marks", "--exclude", SHARED / "yo-cv" / "dev.tsv",
+             "--exclude", SHARED / "yo-cv" / "test.tsv", "--out", char_lm], WORK / "char-lm.log")
+    lms = {"word 3-gram": lm, "char 6-gram": char_lm}
 
     # arms already run with these settings are kept (rerun one with --arms): WORK/state.json
     state_file = WORK / "state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if state.get("settings") != [args.minutes, args.smoke]:
-        state = {"settings": [args.minutes, args.smoke]}
+    if state.get("settings") != [args.minutes, args.smoke, STEPS]:
+        state = {"settings": [args.minutes, args.smoke, STEPS]}
     results: dict[str, dict] = state.setdefault("results", {})
     wall: dict[str, float] = state.setdefault("wall", {})
     starts: dict[str, list] = state.setdefault("starts", {})  # arm -> [start checkpoint, its recipe]
@@ -119,7 +148,7 @@ def main() -> None:
         run([*LRL, "train", "init-tiny", d / "init", "--size", "small"], d / "init.log")
         wall["a"] = run(train_cmd(data, str(d / "init"), d / "model", budget, SCRATCH_RECIPE), d / "train.log")
         starts["a"] = (str(d / "init"), SCRATCH_RECIPE)
-        results["a"] = evaluate_arm(d / "model", data, lm, d, grid)
+        results["a"] = evaluate_arm(d / "model", data, lms, d, grid)
         write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
 
     if "b" in args.arms:
@@ -133,7 +162,7 @@ def main() -> None:
         t_ft = run(train_cmd(data, str(d / "ssl"), d / "model", max(0.5, budget - t_pre / 60), SCRATCH_RECIPE), d / "train.log")
         wall["b"] = t_pre + t_ft
         starts["b"] = (str(d / "ssl"), SCRATCH_RECIPE)
-        results["b"] = evaluate_arm(d / "model", data, lm, d, grid)
+        results["b"] = evaluate_arm(d / "model", data, lms, d, grid)
         write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
         notes.append(f"b: pretraining took {t_pre / 60:.1f} of its {budget:.0f} minutes")
 
@@ -149,7 +178,7 @@ def main() -> None:
         xl_recipe = [*FINETUNE_RECIPE, "--init-head-from", xl]
         wall["c"] = run(train_cmd(data, xl, d / "model", budget, xl_recipe), d / "train.log")
         starts["c"] = (xl, xl_recipe)
-        results["c"] = evaluate_arm(d / "model", data, lm, d, grid)
+        results["c"] = evaluate_arm(d / "model", data, lms, d, grid)
         write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
 
     if starts and ("d" in args.arms or "e" in args.arms):
@@ -164,7 +193,7 @@ def main() -> None:
             d = WORK / arm
             d.mkdir(exist_ok=True)
             wall[arm] = run(train_cmd(data, start, d / "model", budget, extra), d / "train.log")
-            results[arm] = evaluate_arm(d / "model", data, lm, d, grid)
+            results[arm] = evaluate_arm(d / "model", data, lms, d, grid)
             write_table(results, wall, notes, starts, args)  # partial results land even if a later arm fails
     if results:
         write_table(results, wall, notes, starts, args)
@@ -190,6 +219,12 @@ def findings(results: dict) -> list[str]:
     if gains:
         out.append("- The LM lowers WER in " + f"{sum(g > 0 for g in gains.values())} of {len(gains)} arms "
                    + f"(relative gain {min(gains.values()):+.1%} to {max(gains.values()):+.1%}).")
+    both = {a: r["by_lm"] for a, r in results.items() if len(r.get("by_lm") or {}) == 2}
+    if both:
+        char_better = [a for a, b in both.items() if b["char 6-gram"]["test"]["cer"] < b["word 3-gram"]["test"]["cer"]]
+        out.append(f"- The char 6-gram gives a lower test CER than the word 3-gram in {len(char_better)} of {len(both)} "
+                   f"arms ({', '.join(char_better) or 'none'}); dev picked char in "
+                   f"{sum(r.get('best_lm') == 'char 6-gram' for r in results.values())} of {len(results)}.")
     return out
 
 
@@ -213,23 +248,36 @@ ARM_NAMES = {
 def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args) -> None:
     from _results import update_section
 
-    state = {"settings": [args.minutes, args.smoke], "results": results, "wall": wall,
+    state = {"settings": [args.minutes, args.smoke, STEPS], "results": results, "wall": wall,
              "notes": notes, "starts": starts}
     (WORK / "state.json").write_text(json.dumps(state, indent=1))
 
+    budget = (f"a fixed number of updates per arm ({', '.join(f'{k}={v}' for k, v in sorted(STEPS.items()))}: "
+              "the update counts of the 2026-11-24 run's 10-minute budget)" if STEPS
+              else f"budget {args.minutes:g} wall-clock minutes per arm")
     lines = [
-        f"yo-cv train (1.56 h, one speaker) -> test (100 clips); tiny 2.5M-parameter Wav2Vec2; budget "
-        f"{args.minutes:g} wall-clock minutes per arm{' (SMOKE RUN: pipeline check only)' if args.smoke else ''}; "
-        "LM: KenLM 3-gram from lm-text/yo.txt minus dev/test sentences, alpha/beta tuned on dev.",
+        f"yo-cv train (1.56 h, one speaker) -> test (100 clips); tiny 2.5M-parameter Wav2Vec2; {budget}"
+        f"{' (SMOKE RUN: pipeline check only)' if args.smoke else ''}. LMs from lm-text/yo.txt minus dev/test "
+        "sentences: KenLM word 3-gram (C++ lexicon search, training words added to the lexicon) and character "
+        "6-gram (`lm build --unit char`, C++ lexicon-free search); each LM's alpha/beta tuned on dev (coarse grid + "
+        "3 refinement rounds); 'best LM' is the lower dev WER, never chosen on test.",
         "",
-        "| arm | greedy WER | greedy CER | LM WER | LM CER | rel. WER gain from LM | fine-tuning updates | wall min |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | greedy WER | greedy CER | word 3-gram WER / CER | char 6-gram WER / CER | best LM (dev) | "
+        "best-LM WER | best-LM CER | rel. WER gain from LM | fine-tuning updates | wall min |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
+
+    def pair(r: dict, name: str) -> str:
+        t = (r.get("by_lm") or {}).get(name, {}).get("test")
+        return f"{t['wer']:.1%} / {t['cer']:.1%}" if t else "-"
+
     for arm, r in sorted(results.items()):
         g, lmr = r["greedy"], r.get("lm") or {}
         gain = (g["wer"] - lmr["wer"]) / g["wer"] if lmr and g["wer"] else float("nan")
-        lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {lmr.get('wer', float('nan')):.1%} | "
-                     f"{lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | {updates(arm)} | {wall.get(arm, 0) / 60:.1f} |")
+        lines.append(f"| {ARM_NAMES[arm]} | {g['wer']:.1%} | {g['cer']:.1%} | {pair(r, 'word 3-gram')} | "
+                     f"{pair(r, 'char 6-gram')} | {r.get('best_lm', 'word 3-gram')} | "
+                     f"{lmr.get('wer', float('nan')):.1%} | {lmr.get('cer', float('nan')):.1%} | {gain:+.1%} | "
+                     f"{updates(arm)} | {wall.get(arm, 0) / 60:.1f} |")
     lines += ["", *findings(results), *[f"- {n}" for n in notes]]
     cache = {}
     for arm in sorted(results):  # lrl.train.featcache is on by default where it is exact: say where it ran
@@ -245,8 +293,9 @@ def write_table(results: dict, wall: dict, notes: list[str], starts: dict, args)
     png = plot_curves(results)
     if png:
         lines += ["", f"![dev CER during training]({png.relative_to(ROOT / 'bench')})"]
-    update_section("lowres", "\n".join(lines), f"python bench/lowres.py --minutes {args.minutes:g}"
-                   + (" --smoke" if args.smoke else ""))
+    cmd = (f"python bench/lowres.py --steps {','.join(f'{k}={v}' for k, v in sorted(STEPS.items()))} --arms {args.arms}"
+           if STEPS else f"python bench/lowres.py --minutes {args.minutes:g}")
+    update_section("lowres", "\n".join(lines), cmd + (" --smoke" if args.smoke else ""))
     print("\n".join(lines))
 
 
