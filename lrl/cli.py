@@ -27,6 +27,7 @@ from lrl.augment.specaugment import SpecPreset
 from lrl.augment.wave import WavePreset
 from lrl.core.cpu import set_openmp_env
 from lrl.core.text import DigitPolicy, NormalizerConfig, UnicodeForm
+from lrl.data.merge import merge_shards as _merge_shards
 from lrl.data.prepare import OovPolicy, PrepareConfig
 from lrl.data.vocab import RarePolicy, VocabBuildConfig
 from lrl.decode.lm import KENLM_MAX_ORDER, BinaryType, LMBuildConfig, LMUnit
@@ -177,6 +178,7 @@ _LOAD_FOR_CTC = _arg_defaults(_load_for_ctc)
 _TUNE = _arg_defaults(_tune)
 _EVALUATE = _arg_defaults(_evaluate)
 _PRETRAIN = _arg_defaults(_run_pretraining)
+_MERGE = _arg_defaults(_merge_shards)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -283,22 +285,56 @@ def data_prepare(
     language: Annotated[str | None, typer.Option(help="ISO 639 code: normaliser of a vocab built here, and the card.")] = PrepareConfig.language,
     licence: Annotated[str | None, typer.Option("--licence", "--license", help="Corpus licence for the data card, e.g. cc0-1.0, mit.")] = PrepareConfig.licence,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared from other inputs.")] = PrepareConfig.overwrite,
+    shard: Annotated[str | None, typer.Option(help="Decode only part I/N of the rows (I counts from 0: 0/4 .. 3/4), with the vocabulary of all of them; run the N parts on N machines or processes, each with its own --out, then `lrl data merge`.")] = None,
     card: Annotated[bool, typer.Option(help="Write a data card at the end.")] = True,
     card_dir: Annotated[Path | None, typer.Option(help="Where the data card goes (<name>.md + PNGs); default OUT/data_cards.")] = None,
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
     from lrl.data.prepare import format_summary, prepare
+    from lrl.data.shards import Shard
 
+    try:
+        part = Shard.parse(shard) if shard is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard") from None
     cfg = PrepareConfig(
         splits=tuple(s.strip() for s in splits.split(",") if s.strip()), train_from_validated=train_from_validated,
         min_duration=min_duration, max_duration=max_duration, max_chars_per_second=max_chars_per_second,
         oov=oov.value, filter_eval=filter_eval, check_votes=check_votes, language=language, licence=licence, text_column=text_column,
         audio_column=audio_column, num_proc=num_proc, overwrite=overwrite,
     )
-    summary = prepare(src, out, cfg, vocab_dir=vocab)
+    summary = prepare(src, out, cfg, vocab_dir=vocab, shard=part)
     if summary.get("reused"):
         typer.echo(f"{out}: already prepared from identical inputs, reused")
+    for line in format_summary(summary):
+        typer.echo(line)
+    t = summary["total"]
+    typer.echo(f"total: {t['kept']} kept + {t['skipped']} skipped = {t['read']} read -> {out} (skipped rows: {out / 'skipped.tsv'})")
+    if part is not None:
+        typer.echo(f"shard {part}: when all {part.count} are prepared, `lrl data merge SHARD_DIR... --out DIR` joins them")
+    if card:
+        from lrl.data.cards import write_card
+
+        typer.echo(f"card: {write_card(out, card_dir, name=name)}")
+
+
+@data_app.command("merge")
+@_user_errors
+def data_merge(
+    shards: Annotated[list[Path], typer.Argument(help="The N folders `lrl data prepare --shard I/N` wrote, each shard once, in any order.", exists=True, file_okay=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory: one prepared dataset, as `lrl data prepare` writes, for `lrl train run --data`.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output prepared or merged from other inputs.")] = _MERGE["overwrite"],
+    card: Annotated[bool, typer.Option(help="Write a data card at the end.")] = True,
+    card_dir: Annotated[Path | None, typer.Option(help="Where the data card goes (<name>.md + PNGs); default OUT/data_cards.")] = None,
+    name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
+) -> None:
+    """Join the shards of one `lrl data prepare --shard I/N` run into one prepared dataset (checks that all N are there once)."""
+    from lrl.data.prepare import format_summary
+
+    summary = _merge_shards(shards, out, overwrite=overwrite)
+    if summary.get("reused"):
+        typer.echo(f"{out}: already merged from these shards, reused")
     for line in format_summary(summary):
         typer.echo(line)
     t = summary["total"]

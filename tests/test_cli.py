@@ -88,6 +88,7 @@ def _config_sources():
     field name, or (field name, how the option's default becomes the field's value))."""
     from lrl.augment.preview import preview
     from lrl.core.text import NormalizerConfig
+    from lrl.data.merge import merge_shards
     from lrl.data.prepare import PrepareConfig
     from lrl.data.vocab import VocabBuildConfig
     from lrl.decode.lm import LMBuildConfig
@@ -111,6 +112,7 @@ def _config_sources():
     return {
         "vocab build": ([NormalizerConfig, VocabBuildConfig], {}),
         "data prepare": ([PrepareConfig], {"splits": ("splits", lambda v: tuple(v.split(",")))}),
+        "data merge": ([merge_shards], {}),
         "data check-labels": ([CheckLabelsConfig], {}),
         "data select": ([SelectConfig, select], {}),
         "augment preview": ([preview], {}),
@@ -134,6 +136,7 @@ def _config_sources():
 # Options with a default that belongs to the command itself (what to print or write), not to a library call.
 CLI_ONLY = {
     "data prepare": {"card"},  # write a data card after preparing
+    "data merge": {"card"},  # write a data card after merging
     "augment preview": {"preset", "specaugment"},  # which presets the preview shows (preview takes configs)
     "train find-batch": {"vocab_size"},  # the CTC head the memory is measured with
     "transcribe": {"json_out"},  # output format

@@ -1,6 +1,7 @@
 """What keeps a preparation run from harming other files and processes: the lock on an output directory (one
-writer at a time), the marker that says a directory is a dataset lrl wrote (and so may replace), and
-decoding workers that die with their parent (through lrl.core.procs, which also turns SIGTERM into Ctrl-C).
+writer at a time), the marker that says a directory is a dataset lrl wrote (and so may replace), publishing a
+finished DIR.tmp-<pid> by rename (and removing those of killed runs), and decoding workers that die with their
+parent (through lrl.core.procs, which also turns SIGTERM into Ctrl-C).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +73,36 @@ def output_lock(out: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(out: Path) -> None:
+    """Remove DIR.tmp-<pid> / DIR.old-<pid> left by runs that were killed (their process is gone)."""
+    for p in out.parent.glob(f"{out.name}.*-*"):
+        kind, _, pid = p.name[len(out.name) + 1:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            logger.info("removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` to `out`, replacing an `out` already there (moved aside first, then removed)."""
+    if out.exists():
+        old = out.parent / f"{out.name}.old-{os.getpid()}"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
 
 
 def worker_init(parent_pid: int) -> None:

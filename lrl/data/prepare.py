@@ -3,7 +3,8 @@ becomes a 16 kHz `datasets.DatasetDict` on disk (splits train/dev/test, columns 
 duration, speaker + source metadata), with the vocabulary in DIR/vocab. Every input row is kept or listed
 in DIR/skipped.tsv with its reason; DIR/summary.json holds the counts and an input fingerprint so that a
 rerun on identical inputs reuses the output. Output is written to DIR.tmp-<pid> and renamed at the end, under
-a lock on DIR (lrl.data.guard); only a directory marked as prepared by lrl is ever replaced.
+a lock on DIR (lrl.data.guard); only a directory marked as prepared by lrl is ever replaced. With a Shard only
+that part of the rows is decoded, after the vocabulary is built from all of them (lrl.data.shards).
 The content filters (OOV, duration, chars/s) protect training; dev/test keep such rows unless `filter_eval`.
 """
 
@@ -26,7 +27,8 @@ from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE, TEXT_COLUMNS
 from lrl.core.io import LrlError, atomic_write_text, iter_files, read_table, read_text_lines
 from lrl.core.procs import sigterm_as_interrupt
 from lrl.core.text import DigitsInText, Normalizer, NormalizerConfig
-from lrl.data import guard
+from lrl.data import guard, shards
+from lrl.data.shards import Shard
 
 logger = logging.getLogger(__name__)
 
@@ -307,11 +309,15 @@ def _votes(row: _Row) -> tuple[int, int] | None:
         return None
 
 
+def _fingerprinted(config: PrepareConfig) -> dict:
+    """The config fields that change the dataset (all but num_proc, overwrite and licence)."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("num_proc", "overwrite", "licence")}
+
+
 def fingerprint(config: PrepareConfig, tables: list[Path], rows: list[_Row], vocab_dir: Path | None) -> str:
     """sha256 of the config (without num_proc, overwrite, licence), the tables and clips read (size + mtime), the vocab."""
     h = hashlib.sha256()
-    cfg = {k: v for k, v in config.to_dict().items() if k not in ("num_proc", "overwrite", "licence")}
-    h.update(json.dumps({"format": FORMAT_VERSION, "config": cfg}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"format": FORMAT_VERSION, "config": _fingerprinted(config)}, sort_keys=True, default=str).encode())
     for p in [*tables, *(r.file for r in rows if r.file is not None)]:
         try:
             st = p.stat()
@@ -482,17 +488,20 @@ def _run_chunks(chunks: list[_Chunk], pool, skipped: list) -> list[tuple[_Row, f
 
 # -- the whole preparation ----------------------------------------------------------------------------
 def prepare(src: str | Path, out: str | Path, config: PrepareConfig | None = None,
-            vocab_dir: str | Path | None = None) -> dict:
+            vocab_dir: str | Path | None = None, shard: Shard | str | None = None) -> dict:
     """Prepare `src` into the dataset directory `out`; returns the summary (also in out/summary.json).
     A finished `out` with the same input fingerprint is reused without decoding again. A second run on the
-    same `out` while this one holds its lock fails at once (LrlError); SIGTERM cleans up as Ctrl-C does."""
+    same `out` while this one holds its lock fails at once (LrlError); SIGTERM cleans up as Ctrl-C does.
+    `shard` ("i/n" or a Shard): decode and write only that part of the rows, with the vocabulary of all of
+    them; `lrl.data.merge.merge_shards` joins the n parts."""
     config = config or PrepareConfig()
     src, out = Path(src), Path(out)
+    shard = Shard.parse(shard) if isinstance(shard, str) else shard
     with guard.output_lock(out), sigterm_as_interrupt():
-        return _prepare(src, out, config, vocab_dir)
+        return _prepare(src, out, config, vocab_dir, shard)
 
 
-def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path | None) -> dict:
+def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path | None, shard: Shard | None) -> dict:
     from lrl.data.vocab import Vocab, build_vocab
 
     kind, root, rows, held, tables = read_source(src, config)
@@ -517,10 +526,12 @@ def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path 
             pending.append(r)
 
     fp = fingerprint(config, tables, pending, Path(vocab_dir) if vocab_dir else None)
-    reused = _reuse(out, fp, config.overwrite)
+    if shard is not None:
+        fp = hashlib.sha256(f"{fp} shard {shard}".encode()).hexdigest()
+    reused = reuse_output(out, fp, config.overwrite)
     if reused is not None:
         return reused
-    _clean_stale_tmp(out)
+    guard.clean_stale_tmp(out)
 
     if vocab_dir is not None:
         vocab, vocab_source = Vocab.load(vocab_dir), str(vocab_dir)
@@ -577,6 +588,16 @@ def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path 
         candidates.append(r)
     index = {id(r): i for i, r in enumerate(pending)}
     candidates.sort(key=lambda r: index[id(r)])  # back to input order
+    ident = None
+    if shard is not None:  # text filters and duplicates were decided on every row: only decoding is split
+        settings = {"format": FORMAT_VERSION, "shards": shard.count, "config": _fingerprinted(config)}
+        ident = shards.identity(settings, vocab, [*rows, *held])
+        mine = {id(r) for i, r in enumerate([*rows, *held]) if shard.holds(i)}
+        logger.info("shard %s: %d of %d rows read are this shard's", shard, len(mine), len(rows) + len(held))
+        rows, held = [r for r in rows if id(r) in mine], [r for r in held if id(r) in mine]
+        skipped = [s for s in skipped if id(s[0]) in mine]
+        candidates = [r for r in candidates if id(r) in mine]
+        oov_unk = sum(bool(vocab.oov_chars(r.text)) for r in candidates) if config.oov == "unk" else 0
 
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -589,8 +610,10 @@ def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path 
         _write_skipped(tmp / SKIPPED_FILE, skipped)
         _log_named(skipped, ("truncated", "non_finite", "bad_row"))
         atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        if shard is not None:
+            shards.write_marker(tmp, shard, ident, fp, oov_unk)
         guard.write_marker(tmp, FORMAT_VERSION)
-        _publish(tmp, out)
+        guard.publish(tmp, out)
     except BaseException:  # an error or Ctrl-C: no half-written directory stays behind (SIGKILL: the next run)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -688,7 +711,9 @@ def _save_vocab(vocab, dst: Path, src: Path | None) -> None:
 
 
 # -- output files -------------------------------------------------------------------------------------
-def _reuse(out: Path, fp: str, overwrite: bool) -> dict | None:
+def reuse_output(out: Path, fp: str, overwrite: bool) -> dict | None:
+    """The summary of `out` when it was written from inputs with fingerprint `fp` (reuse it); None when `out` is
+    absent or may be replaced; LrlError when it holds other work (or other inputs, and not `overwrite`)."""
     if not out.exists():
         return None
     summary_file = out / SUMMARY_FILE
@@ -717,35 +742,6 @@ def _reuse(out: Path, fp: str, overwrite: bool) -> dict | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_tmp(out: Path) -> None:
-    """Remove DIR.tmp-<pid> / DIR.old-<pid> left by runs that were killed (their process is gone)."""
-    for p in out.parent.glob(f"{out.name}.*-*"):
-        kind, _, pid = p.name[len(out.name) + 1:].partition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-            logger.info("removing %s, left by an interrupted run", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f"{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
 def _clean_field(s: str) -> str:
     return " ".join(str(s).split())
 
@@ -766,18 +762,36 @@ def _summary(src, kind, config, fp, vocab_source, vocab_size, rows, held, kept, 
             continue
         if len(k) + sum(reasons.values()) != read[split]:  # the "nothing silently lost" invariant
             raise RuntimeError(f"{split}: {len(k)} kept + {sum(reasons.values())} skipped != {read[split]} read")
-        secs = Counter()
-        for r, d in k:
-            secs[r.speaker] += d
-        total = sum(secs.values())
         unfiltered = Counter(r.unfiltered for r, _ in k if r.unfiltered)
         splits[split] = {
             "read": read[split], "kept": len(k), "skipped": dict(sorted(reasons.items())),
             "kept_unfiltered": dict(sorted(unfiltered.items())),  # kept rows the train filters would drop, per reason
-            "hours": round(total / 3600, 6), "speakers": len(secs),
-            "top_speakers": [[s[:16], round(t / total, 4)] for s, t in secs.most_common(5)] if total else [],
+            **speaker_stats((r.speaker, d) for r, d in k),
         }
     speakers = {s: {r.speaker for r, _ in kept if r.split == s and r.speaker} for s in splits}
+    warnings = summary_warnings(splits, speakers, oov_unk)
+    return {
+        "format": FORMAT_VERSION, "source": str(src), "source_kind": kind, "fingerprint": fp,
+        "config": config.to_dict(), "vocab": {"source": vocab_source, "size": vocab_size},
+        "sample_rate": SAMPLE_RATE, "splits": splits,
+        "total": {"read": sum(read.values()), "kept": len(kept), "skipped": len(skipped)},
+        "warnings": warnings,
+    }
+
+
+def speaker_stats(pairs) -> dict:
+    """A split's hours, speakers and five largest speakers' shares of the audio, from (speaker, seconds) pairs."""
+    secs = Counter()
+    for speaker, d in pairs:
+        secs[speaker] += d
+    total = sum(secs.values())
+    return {"hours": round(total / 3600, 6), "speakers": len(secs),
+            "top_speakers": [[s[:16], round(t / total, 4)] for s, t in secs.most_common(5)] if total else []}
+
+
+def summary_warnings(splits: dict, speakers: dict[str, set], oov_unk: int) -> list[str]:
+    """The warnings of a summary (logged here): speakers shared by train and dev/test, a split dominated by one
+    speaker, kept transcripts mapped to [UNK]; kept_unfiltered counts are logged as information."""
     warnings = []
     for other in ("dev", "test"):
         both = speakers.get("train", set()) & speakers.get(other, set())
@@ -795,13 +809,7 @@ def _summary(src, kind, config, fp, vocab_source, vocab_size, rows, held, kept, 
         if info["kept_unfiltered"]:
             logger.info("%s: kept %s that training's filters would drop (scored as they are; --filter-eval drops them)",
                         s, _counts(info["kept_unfiltered"]))
-    return {
-        "format": FORMAT_VERSION, "source": str(src), "source_kind": kind, "fingerprint": fp,
-        "config": config.to_dict(), "vocab": {"source": vocab_source, "size": vocab_size},
-        "sample_rate": SAMPLE_RATE, "splits": splits,
-        "total": {"read": sum(read.values()), "kept": len(kept), "skipped": len(skipped)},
-        "warnings": warnings,
-    }
+    return warnings
 
 
 def format_summary(summary: dict) -> list[str]:

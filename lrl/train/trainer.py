@@ -21,6 +21,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 from lrl.core.constants import SAMPLE_RATE
 from lrl.core.cpu import set_torch_threads
 from lrl.core.io import LrlError
+from lrl.data.shards import refuse_shard
 from lrl.train import featcache
 from lrl.train.accel import apply_to_model, plan_accel
 from lrl.train.batching import BatchingConfig, DynamicBatchSampler
@@ -234,6 +235,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune `cfg.model.checkpoint` with CTC on `cfg.data.path`; write everything to `cfg.output_dir`."""
     if not cfg.data.path:
         raise LrlError("no dataset: set data.path (--data DIR) to a directory written by `lrl data prepare`")
+    refuse_shard(cfg.data.path, "train on")  # one shard of n: 1/n of the train rows and 1/n of dev's scores
     if not cfg.model.checkpoint:
         raise LrlError("no starting checkpoint: set model.checkpoint (--checkpoint HUB_ID_OR_DIR); `lrl train init-tiny` writes a small one")
     if not cfg.output_dir:
