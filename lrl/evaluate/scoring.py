@@ -138,10 +138,12 @@ def evaluate(
     Every row of the split is scored or counted in `not_scored` with its reason."""
     from lrl.core.text import Normalizer
     from lrl.data.prepare import split_record
+    from lrl.data.shards import refuse_shard
     from lrl.data.vocab import Vocab
 
     config = config or EvaluateConfig()
     model_dir = Path(model_dir)
+    refuse_shard(data_dir, "evaluate on")  # one shard of n: a score of 1/n of the split that reads like the whole
     logps = split_log_probs(model_dir, data_dir, config)
     norm = Normalizer(Vocab.load(model_dir).normalizer)
     decoder = load_decoder(model_dir, lm=lm, workers=config.lm_workers, use_lm=use_lm)

@@ -217,12 +217,14 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | Sequence[
     word and a character LM from the same text) are each tuned and the lowest dev WER (then CER) wins; all are
     listed in MODEL/tune-<split>/lms.tsv and decoder.json's `lm_candidates`."""
     from lrl.core.text import Normalizer
+    from lrl.data.shards import refuse_shard
     from lrl.data.vocab import Vocab
     from lrl.decode.decoder import lm_identity, write_decoder_json
     from lrl.decode.lm import LM_DIR, install_lm
 
     config = config or TuneConfig()
     model_dir = Path(model_dir)
+    refuse_shard(data_dir, "tune on")  # one shard of n: alpha/beta fitted to 1/n of the split
     logps = split_log_probs(model_dir, data_dir, EvaluateConfig(split=split, cache=cache, allow_pickle=allow_pickle))
     vocab = Vocab.load(model_dir)
     norm = Normalizer(vocab.normalizer)
