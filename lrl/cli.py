@@ -562,16 +562,31 @@ def train_find_batch(
     vocab_size: Annotated[int, typer.Option(help="Outputs of the CTC head.", min=2)] = 64,
     memory_fraction: Annotated[float, typer.Option(help="Share of the available memory to plan for.", min=0.01, max=1.0)] = _FIND_BATCH["memory_fraction"],
     budget_mib: Annotated[int | None, typer.Option(help="Plan for this many MiB instead of a share of the available memory.", min=1)] = None,
-    clip_seconds: Annotated[float, typer.Option(help="Clip length measured (use your longest clips: attention grows with length).", min=0.5)] = _FIND_BATCH["clip_seconds"],
+    clip_seconds: Annotated[float, typer.Option(help="Clip length measured (use your longest clips: attention grows with length; --data measures at its longest train clip).", min=0.5)] = _FIND_BATCH["clip_seconds"],
+    data: Annotated[Path | None, typer.Option("--data", help="Prepared dataset to size for: the probe clip becomes its longest train clip (if longer than --clip-seconds) and the head its vocabulary's size.", exists=True, file_okay=False)] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights.")] = _LOAD_FOR_CTC["allow_pickle"],
 ) -> None:
-    """Largest batching.max_seconds whose training step fits the memory at hand."""
+    """Largest batching.max_seconds whose training step fits the memory at hand. The memory per audio second
+    grows with clip length (attention is quadratic in it), so measure at your longest clips: pass --data."""
+    probe = f"{clip_seconds:g} s clips"
+    if data is not None:
+        from lrl.data.prepare import load_prepared
+
+        dd, vocab = load_prepared(data)
+        if "train" not in dd or len(dd["train"]) == 0:
+            raise ValueError(f"{data} has no train rows to size batches for")
+        longest = float(max(dd["train"]["duration"]))
+        vocab_size = len(vocab.tokens)
+        if longest > clip_seconds:
+            clip_seconds = longest
+        probe = f"{clip_seconds:g} s clips (longest train clip of {data}: {longest:.1f} s)"
     model = _load_for_ctc(checkpoint, vocab_size, 0, allow_pickle)
     model.freeze_feature_encoder()
     est = _find_max_seconds(model, budget_mib * 2**20 if budget_mib else None, memory_fraction, clip_seconds)
     typer.echo(
         f"max_seconds {est.max_seconds:g} (budget {est.budget_bytes / 2**20:.0f} MiB: "
-        f"{est.fixed_bytes / 2**20:.1f} MiB weights+grads+AdamW, {est.bytes_per_second / 2**20:.2f} MiB per audio second)"
+        f"{est.fixed_bytes / 2**20:.1f} MiB weights+grads+AdamW, {est.bytes_per_second / 2**20:.2f} MiB per audio second, "
+        f"measured on {probe})"
     )
 
 

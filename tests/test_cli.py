@@ -138,7 +138,7 @@ CLI_ONLY = {
     "data prepare": {"card"},  # write a data card after preparing
     "data merge": {"card"},  # write a data card after merging
     "augment preview": {"preset", "specaugment"},  # which presets the preview shows (preview takes configs)
-    "train find-batch": {"vocab_size"},  # the CTC head the memory is measured with
+    "train find-batch": {"vocab_size", "data"},  # the CTC head and the data the memory is measured for
     "transcribe": {"json_out"},  # output format
     "evaluate": {"report"},  # also write the error-analysis page
     "report": {"out"},  # the page's path

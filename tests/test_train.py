@@ -336,6 +336,20 @@ def test_init_tiny_and_find_batch_commands(tmp_path, cli):
     assert bad.exit_code == 1 and "error:" in bad.output
 
 
+def test_find_batch_measures_at_the_datas_longest_train_clip(tmp_path, cli, tiny_data):
+    """--data: the probe is the longest train clip (a 4 s probe under-predicted 15 s clips ~3x in bench/scale.py)
+    and the head has the data's vocabulary size."""
+    import datasets
+
+    assert cli("train", "init-tiny", tmp_path / "t").exit_code == 0
+    longest = max(datasets.load_from_disk(str(tiny_data))["train"]["duration"])
+    r = cli("train", "find-batch", tmp_path / "t", "--budget-mib", "400", "--clip-seconds", "0.5", "--data", tiny_data)
+    assert r.exit_code == 0, r.output
+    assert f"measured on {longest:g} s clips (longest train clip" in r.output
+    r = cli("train", "find-batch", tmp_path / "t", "--budget-mib", "400", "--clip-seconds", str(longest + 1), "--data", tiny_data)
+    assert f"measured on {longest + 1:g} s clips" in r.output  # an explicit longer probe wins
+
+
 def test_adapter_mode_saves_an_adapter_file_that_load_adapter_reads(tiny_data, tiny_ckpt, tmp_path):
     import torch
     from transformers import Wav2Vec2ForCTC
