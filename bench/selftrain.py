@@ -104,11 +104,14 @@ def main() -> None:
     ap.add_argument("--keep-share", type=float, default=0.5)
     ap.add_argument("--extra-weight", type=float, default=1.0)
     ap.add_argument("--no-lm", action="store_true", help="greedy pseudo-labels and test scores only")
+    ap.add_argument("--lm-unit", choices=("word", "char"), default="word",
+                    help="the LM pseudo-labels are decoded (and test scored) with: word 3-gram or char 6-gram")
+    ap.add_argument("--tag", default="", help="a separate work dir and RESULTS.md section (selftrain-TAG)")
     ap.add_argument("--smoke", action="store_true", help="8 updates per arm: checks the pipeline, measures nothing")
     args = ap.parse_args()
     if args.smoke:
         args.updates = 8
-    work = WORK / ("smoke" if args.smoke else "run")
+    work = WORK / ("smoke" if args.smoke else f"run-{args.tag}" if args.tag else "run")
     work.mkdir(parents=True, exist_ok=True)
     data = WORK / "yo-data"
     if not (data / "summary.json").is_file():
@@ -117,11 +120,12 @@ def main() -> None:
     if not hidden_f.is_file():
         split_data(data, lab, unl, hidden_f, 0.25)
     hidden = json.loads(hidden_f.read_text())
-    lm = None if args.no_lm else WORK / "yo-lm"
+    lm = None if args.no_lm else WORK / ("yo-lm" if args.lm_unit == "word" else "yo-char-lm")
     if args.smoke:
         TUNE_GRID[:] = ["--alphas", "0.5,1.5", "--betas", "0,2", "--no-refine", "--grid-beam", "8", "--beam-widths", "8"]
     if lm is not None and not (lm / "lm_build.json").is_file():  # lexicon: L's train words (lab/vocab's train split)
-        run([*LRL, "lm", "build", SHARED / "lm-text" / "yo.txt", "--vocab", lab / "vocab", "--order", "3",
+        order = ["--order", "3"] if args.lm_unit == "word" else ["--order", "6", "--unit", "char"]
+        run([*LRL, "lm", "build", SHARED / "lm-text" / "yo.txt", "--vocab", lab / "vocab", *order,
              "--exclude", SHARED / "yo-cv" / "dev.tsv", "--exclude", SHARED / "yo-cv" / "test.tsv", "--out", lm],
             WORK / "lm.log")
     from lrl.models.checkpoints import resolve_checkpoint
@@ -130,7 +134,8 @@ def main() -> None:
     n = args.updates
     state_f = work / "state.json"
     state = json.loads(state_f.read_text()) if state_f.is_file() else {}
-    settings = {"updates": n, "keep_share": args.keep_share, "extra_weight": args.extra_weight, "lm": lm is not None}
+    settings = {"updates": n, "keep_share": args.keep_share, "extra_weight": args.extra_weight, "lm": lm is not None,
+                "lm_unit": args.lm_unit}
     if state.get("settings") != settings:  # arms run with other settings are not comparable: start over
         state = {"settings": settings}
 
@@ -170,7 +175,8 @@ def write_table(state: dict, args) -> None:
 
     s = state["settings"]
     names = {"a": "a: labelled only", "b": "b: one round", "c": "c: two rounds"}
-    lm_note = ("pseudo-labels decoded with the dev-tuned word 3-gram (C++ backend); test scored greedy and with that LM"
+    unit = "char 6-gram" if s.get("lm_unit") == "char" else "word 3-gram"
+    lm_note = (f"pseudo-labels decoded with the dev-tuned {unit} (C++ backend); test scored greedy and with that LM"
                if s.get("lm") else "pseudo-labels greedy; test scored greedy only")
     lines = [f"yo-cv, labels of 25% of train kept (L), the other 75% untranscribed (U, labels hidden, used only "
              f"for the true-CER columns). Start xl-tiny (--init-head-from xl-tiny), recipe small-start, **{s['updates']} "
@@ -211,13 +217,14 @@ def write_table(state: dict, args) -> None:
             cl = state["a"]["test"]["lm"]["cer"]
             lines[-1] += " With the LM: " + ", ".join(
                 f"{names[k]} {state[k]['test']['lm']['cer'] / cl - 1:+.0%}" for k in rel) + "."
-    png = plot(state)
+    png = plot(state, args.tag)
     if png:
         lines += ["", f"![self-training]({png.name})"]
-    update_section("selftrain", "\n".join(lines))
+    update_section("selftrain" + (f"-{args.tag}" if args.tag else ""), "\n".join(lines),
+                   " ".join(["python", "bench/selftrain.py", *sys.argv[1:]]))
 
 
-def plot(state: dict) -> Path | None:
+def plot(state: dict, tag: str = "") -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,7 +248,7 @@ def plot(state: dict) -> Path | None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    png = ROOT / "bench" / "selftrain.png"
+    png = ROOT / "bench" / f"selftrain{'-' + tag if tag else ''}.png"
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
