@@ -77,24 +77,37 @@ def test_scores(model: Path, lab: Path, lm: Path | None) -> dict:
     return s
 
 
-def pseudo(model: Path, unl: Path, out: Path, hidden: dict, keep_share: float) -> dict:
-    from lrl.evaluate.confidence import CONFIDENCES, char_error_rate, spearman
+SHARES = (0.1, 0.2, 0.3, 0.5, 1.0)  # the true CER of the top share by each confidence: how good can a kept set be
 
+
+def pseudo(model: Path, unl: Path, out: Path, hidden: dict, keep_share: float) -> dict:
     t = run([*LRL, "pseudo-label", model, unl, "--out", out, "--keep-share", keep_share, "--overwrite"],
             out.parent / f"{out.name}.log")
+    return pseudo_stats(out, hidden, t)
+
+
+def pseudo_stats(out: Path, hidden: dict, seconds: float) -> dict:
+    """What `lrl pseudo-label` wrote to `out`, scored against the hidden labels (for the report only)."""
+    from lrl.evaluate.confidence import CONFIDENCES, char_error_rate, spearman
+
     rep = json.loads((out / "pseudo_report.json").read_text())
     lines = (out / "pseudo_utterances.tsv").read_text().splitlines()
     head = lines[0].split("\t")
     rows = [dict(zip(head, ln.split("\t"), strict=False)) for ln in lines[1:]]
     rows = [r for r in rows if r.get("token_posterior")]
     for r in rows:
-        r["cer"] = char_error_rate(hidden[r["id"]], r.get("text", ""))
-    kept = [r for r in rows if r["kept"] == "true"]
-    ref_chars = sum(len(hidden[r["id"]]) for r in kept)
-    return {"seconds": round(t, 1), "in": rep["utterances_in"], "kept": rep["kept"], "kept_hours": rep["kept_hours"],
-            "kept_true_cer": sum(r["cer"] * len(hidden[r["id"]]) for r in kept) / max(1, ref_chars),
-            "all_true_cer": sum(r["cer"] * len(hidden[r["id"]]) for r in rows) / max(1, sum(len(hidden[r["id"]]) for r in rows)),
-            "spearman": {c: spearman([float(r[c]) for r in rows], [r["cer"] for r in rows]) for c in CONFIDENCES}}
+        r["cer"], r["chars"] = char_error_rate(hidden[r["id"]], r.get("text", "")), len(hidden[r["id"]])
+
+    def cer(rs: list[dict]) -> float:
+        return sum(r["cer"] * r["chars"] for r in rs) / max(1, sum(r["chars"] for r in rs))
+
+    def top(c: str, share: float) -> list[dict]:
+        return sorted(rows, key=lambda r: -float(r[c]))[:max(1, int(share * len(rows)))]
+
+    return {"seconds": round(seconds, 1), "in": rep["utterances_in"], "kept": rep["kept"], "kept_hours": rep["kept_hours"],
+            "kept_true_cer": cer([r for r in rows if r["kept"] == "true"]), "all_true_cer": cer(rows),
+            "spearman": {c: spearman([float(r[c]) for r in rows], [r["cer"] for r in rows]) for c in CONFIDENCES},
+            "top_true_cer": {c: {str(sh): cer(top(c, sh)) for sh in SHARES} for c in CONFIDENCES}}
 
 
 def main() -> None:
@@ -106,6 +119,7 @@ def main() -> None:
     ap.add_argument("--no-lm", action="store_true", help="greedy pseudo-labels and test scores only")
     ap.add_argument("--lm-unit", choices=("word", "char"), default="word",
                     help="the LM pseudo-labels are decoded (and test scored) with: word 3-gram or char 6-gram")
+    ap.add_argument("--report", action="store_true", help="train nothing: rescore the pseudo-label dirs, rewrite the table")
     ap.add_argument("--tag", default="", help="a separate work dir and RESULTS.md section (selftrain-TAG)")
     ap.add_argument("--smoke", action="store_true", help="8 updates per arm: checks the pipeline, measures nothing")
     args = ap.parse_args()
@@ -143,6 +157,17 @@ def main() -> None:
         state_f.write_text(json.dumps(state, indent=1))
         write_table(state, args)
 
+    if args.report:  # the same settings' state, its pseudo-label dirs rescored (new columns need no retraining)
+        state = json.loads(state_f.read_text())
+        for key, dirs in (("r0", ["p1"]), ("b", ["p1"]), ("c", ["p1", "p2"])):
+            if key == "r0" and key in state:
+                state["r0"]["pseudo"] = pseudo_stats(work / "p1", hidden, state["r0"]["pseudo"]["seconds"])
+            elif key in state:
+                state[key]["rounds"] = [pseudo_stats(work / d, hidden, old["seconds"])
+                                        for d, old in zip(dirs, state[key]["rounds"], strict=True)]
+        state_f.write_text(json.dumps(state, indent=1))
+        write_table(state, args)
+        return
     if "a" in args.arms:
         w = train(lab, xl, work / "a", n, xl, None, 0)
         state["a"] = {"train_s": round(w, 1), "test": test_scores(work / "a", lab, lm)}
@@ -200,11 +225,15 @@ def write_table(state: dict, args) -> None:
     if "r0" in state:
         p = state["r0"]["pseudo"]
         t0 = state["r0"]["test"]
+        shares = list(next(iter(p.get("top_true_cer", {}).values()), {}))
         lines += ["", f"Round-0 model (N/2 updates on L): test CER {t0['greedy']['cer']:.1%} greedy"
                   + (f", {t0['lm']['cer']:.1%} with the LM" if t0.get("lm") else "")
-                  + ". Which confidence ranks its transcripts of U by true CER (Spearman; more negative = better):",
-                  "", "| confidence | Spearman vs true CER |", "|---|---:|"]
-        lines += [f"| {c} | {v:+.3f} |" for c, v in p["spearman"].items()]
+                  + ". Which confidence ranks its transcripts of U by true CER (Spearman; more negative = better), "
+                  "and the true CER of the most confident share of U by each (what any keep-share could reach):",
+                  "", "| confidence | Spearman vs true CER | " + " | ".join(f"top {float(x):.0%}" for x in shares) + " |",
+                  "|---|---:|" + "---:|" * len(shares)]
+        lines += [f"| {c} | {v:+.3f} | " + " | ".join(f"{p['top_true_cer'][c][x]:.1%}" for x in shares) + " |"
+                  for c, v in p["spearman"].items()]
     if "a" in state and ("b" in state or "c" in state):
         ca = state["a"]["test"]["greedy"]["cer"]
         rel = {k: state[k]["test"]["greedy"]["cer"] / ca - 1 for k in "bc" if k in state}
@@ -217,11 +246,31 @@ def write_table(state: dict, args) -> None:
             cl = state["a"]["test"]["lm"]["cer"]
             lines[-1] += " With the LM: " + ", ".join(
                 f"{names[k]} {state[k]['test']['lm']['cer'] / cl - 1:+.0%}" for k in rel) + "."
+    if "a" in state and "r0" in state and state["r0"]["pseudo"].get("top_true_cer"):
+        best_c, best_v = min(((c, v["0.1"]) for c, v in state["r0"]["pseudo"]["top_true_cer"].items()), key=lambda cv: cv[1])
+        ca = state["a"]["test"]["greedy"]["cer"]
+        kept = state["r0"]["pseudo"]["kept_true_cer"]
+        lines.append(f"Why: the most confident 10% of U (by {best_c}, the best ranking) carries a true CER of "
+                     f"{best_v:.1%} and the share kept {kept:.1%}, against {ca:.1%} test CER for the labelled-only "
+                     "model: pseudo-labels about as wrong as what arm a learns from L alone add noise rather than "
+                     "signal. Self-training needs a round-0 model (with its LM) whose kept transcripts are clearly "
+                     "better than that.")
     png = plot(state, args.tag)
     if png:
         lines += ["", f"![self-training]({png.name})"]
     update_section("selftrain" + (f"-{args.tag}" if args.tag else ""), "\n".join(lines),
-                   " ".join(["python", "bench/selftrain.py", *sys.argv[1:]]))
+                   command(state, args))
+
+
+def command(state: dict, args) -> str:
+    """The command that trained what the state holds (a --report rewrite names the run, not itself)."""
+    s = state["settings"]
+    arms = "".join(a for a in "abc" if a in state)
+    return (f"python bench/selftrain.py --updates {s['updates']} --keep-share {s['keep_share']:g} "
+            f"--extra-weight {s['extra_weight']:g} --arms {arms}"
+            + ("" if s.get("lm") else " --no-lm") + (" --lm-unit char" if s.get("lm_unit") == "char" else "")
+            + (f" --tag {args.tag}" if args.tag else "")
+            + (" (pseudo-label columns rescored with --report)" if args.report else ""))
 
 
 def plot(state: dict, tag: str = "") -> Path | None:

@@ -807,7 +807,7 @@ def pseudo_label(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the pseudo-labelled dataset (`lrl data prepare` layout) and its report.")],
     keep_share: Annotated[float, typer.Option(help="Keep this share of the utterances, most confident first (1 = all).")] = PseudoLabelConfig.keep_share,
     min_confidence: Annotated[float, typer.Option(help="Keep only utterances with at least this confidence.")] = PseudoLabelConfig.min_confidence,
-    confidence: Annotated[ConfidenceOpt, typer.Option(help="Confidence utterances are ranked by (token_posterior ranked best by true CER: bench/RESULTS.md).")] = ConfidenceOpt(PseudoLabelConfig.confidence),
+    confidence: Annotated[ConfidenceOpt, typer.Option(help="Confidence utterances are ranked by (token_posterior: works without an LM; with an LM and a stronger model agreement ranked better: bench/RESULTS.md selftrain).")] = ConfidenceOpt(PseudoLabelConfig.confidence),
     max_seconds: Annotated[float, typer.Option(help="Longer recordings are cut into utterances of at most this many seconds, at quiet points.")] = PseudoLabelConfig.max_seconds,
     min_seconds: Annotated[float, typer.Option(help="Utterances shorter than this many seconds are dropped.")] = PseudoLabelConfig.min_seconds,
     no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding even when the model has an LM.")] = not PseudoLabelConfig.use_lm,

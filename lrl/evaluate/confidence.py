@@ -15,10 +15,13 @@ import numpy as np
 
 Confidence = Literal["token_posterior", "posterior", "beam", "agreement"]
 CONFIDENCES: tuple[Confidence, ...] = get_args(Confidence)
-# The default, by measurement (bench/selftrain.py, yo-cv: xl-tiny after 200 updates on 25% of train, greedy, its
-# transcripts of the other 394 train clips): Spearman correlation with each utterance's true CER was -0.39 for
-# token_posterior, +0.10 for posterior (blank frames swamp it), +0.08 for beam (= mean log top posterior without
-# an LM); agreement needs an LM and was not measured (bench/RESULTS.md `selftrain`).
+# The default, by measurement (bench/selftrain.py, yo-cv: xl-tiny fine-tuned on 25% of train, its transcripts of
+# the other 394 train clips; Spearman correlation with each utterance's true CER, more negative = better):
+#   greedy, 200 updates:               token_posterior -0.39, posterior +0.10 (blank frames swamp it), beam +0.08
+#   word 3-gram, 500 updates:          token_posterior -0.34, agreement -0.32, posterior +0.11, beam +0.10
+#   word 3-gram / char 6-gram, 1500:   token_posterior -0.36 / -0.42, agreement -0.50 / -0.58
+# token_posterior works with or without an LM; with an LM and a stronger model `agreement` (greedy vs LM output)
+# ranked better, but it is coarse (every utterance whose two outputs agree ties at 1.0). bench/RESULTS.md `selftrain`.
 DEFAULT_CONFIDENCE: Confidence = "token_posterior"
 
 
