@@ -291,7 +291,7 @@ def data_prepare(
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Prepare a Common Voice folder, a manifest or an audio folder into a 16 kHz dataset."""
-    from lrl.data.prepare import format_summary, prepare
+    from lrl.data.prepare import prepare
     from lrl.data.shards import Shard
 
     try:
@@ -305,18 +305,29 @@ def data_prepare(
         audio_column=audio_column, num_proc=num_proc, overwrite=overwrite,
     )
     summary = prepare(src, out, cfg, vocab_dir=vocab, shard=part)
+    _echo_prepared(summary, out, "already prepared from identical inputs, reused")
+    if part is not None:
+        typer.echo(f"shard {part}: when all {part.count} are prepared, `lrl data merge SHARD_DIR... --out DIR` joins them")
+    if card:
+        _echo_card(out, card_dir, name)
+
+
+def _echo_prepared(summary: dict, out: Path, reused: str) -> None:
+    """What `data prepare` and `data merge` print of the dataset they wrote (or reused)."""
+    from lrl.data.prepare import format_summary
+
     if summary.get("reused"):
-        typer.echo(f"{out}: already prepared from identical inputs, reused")
+        typer.echo(f"{out}: {reused}")
     for line in format_summary(summary):
         typer.echo(line)
     t = summary["total"]
     typer.echo(f"total: {t['kept']} kept + {t['skipped']} skipped = {t['read']} read -> {out} (skipped rows: {out / 'skipped.tsv'})")
-    if part is not None:
-        typer.echo(f"shard {part}: when all {part.count} are prepared, `lrl data merge SHARD_DIR... --out DIR` joins them")
-    if card:
-        from lrl.data.cards import write_card
 
-        typer.echo(f"card: {write_card(out, card_dir, name=name)}")
+
+def _echo_card(out: Path, card_dir: Path | None, name: str | None) -> None:
+    from lrl.data.cards import write_card
+
+    typer.echo(f"card: {write_card(out, card_dir, name=name)}")
 
 
 @data_app.command("merge")
@@ -330,19 +341,10 @@ def data_merge(
     name: Annotated[str | None, typer.Option(help="Card name (default: the source folder's name).")] = None,
 ) -> None:
     """Join the shards of one `lrl data prepare --shard I/N` run into one prepared dataset (checks that all N are there once)."""
-    from lrl.data.prepare import format_summary
-
     summary = _merge_shards(shards, out, overwrite=overwrite)
-    if summary.get("reused"):
-        typer.echo(f"{out}: already merged from these shards, reused")
-    for line in format_summary(summary):
-        typer.echo(line)
-    t = summary["total"]
-    typer.echo(f"total: {t['kept']} kept + {t['skipped']} skipped = {t['read']} read -> {out} (skipped rows: {out / 'skipped.tsv'})")
+    _echo_prepared(summary, out, "already merged from these shards, reused")
     if card:
-        from lrl.data.cards import write_card
-
-        typer.echo(f"card: {write_card(out, card_dir, name=name)}")
+        _echo_card(out, card_dir, name)
 
 
 @data_app.command("card")

@@ -114,6 +114,18 @@ def fsdd_manifest(fsdd: Path, dst: Path, n: int, suffix: str = ".tsv") -> Path:
     return path
 
 
+def shared_fsdd_dataset(tmp_path_factory, n_train: int, n_dev: int, n_test: int = 0) -> Path:
+    """`make_fsdd_dataset` from ../shared/data/fsdd into a fresh temp dir, for module-scoped fixtures; skips the
+    test when the shared data is not there."""
+    import pytest
+    from conftest import SHARED_DATA
+
+    fsdd = SHARED_DATA / "fsdd"
+    if not fsdd.is_dir():
+        pytest.skip("shared FSDD data not found")
+    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=n_train, n_dev=n_dev, n_test=n_test)
+
+
 def make_fsdd_dataset(fsdd: Path, out: Path, n_train: int, n_dev: int, n_test: int = 0) -> Path:
     """A DatasetDict saved as `lrl data prepare` does (id, audio 16 kHz float32 list, text, sentence,
     duration, speaker) with DIR/vocab, from the spoken-digit recordings."""

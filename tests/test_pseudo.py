@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-from corpus_fixtures import make_fsdd_dataset
+from corpus_fixtures import shared_fsdd_dataset
 from ctc_helpers import make_logp
 
 from lrl.data.vocab import Vocab
@@ -84,12 +84,7 @@ def test_segment_cuts_long_audio_at_quiet_points(rng):
 # -- the whole loop ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from conftest import SHARED_DATA
-
-    fsdd = SHARED_DATA / "fsdd"
-    if not fsdd.is_dir():
-        pytest.skip("shared FSDD data not found")
-    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=12, n_dev=4, n_test=0)
+    return shared_fsdd_dataset(tmp_path_factory, n_train=12, n_dev=4, n_test=0)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from corpus_fixtures import make_fsdd_dataset
+from corpus_fixtures import shared_fsdd_dataset
 
 from lrl.train.accel import AccelPlan, plan_accel, resolve_precision
 from lrl.train.config import TrainConfig
@@ -31,12 +31,7 @@ XLSR_300M = dict(
 
 @pytest.fixture(scope="module")
 def fsdd_data(tmp_path_factory):
-    from conftest import SHARED_DATA
-
-    fsdd = SHARED_DATA / "fsdd"
-    if not fsdd.is_dir():
-        pytest.skip("shared FSDD data not found")
-    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=8, n_dev=2)
+    return shared_fsdd_dataset(tmp_path_factory, n_train=8, n_dev=2)
 
 
 def _ctc_batch(vocab_size: int = 12):

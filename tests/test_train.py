@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corpus_fixtures import make_fsdd_dataset
+from corpus_fixtures import shared_fsdd_dataset
 
 from lrl.models.checkpoints import init_tiny, load_for_ctc, transfer_head
 from lrl.train.collate import CTCCollator
@@ -23,12 +23,7 @@ LRL = str(ROOT / ".venv" / "bin" / "lrl")
 # -- fixtures: a tiny prepared dataset (the data contract) from real FSDD clips --------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from conftest import SHARED_DATA
-
-    fsdd = SHARED_DATA / "fsdd"
-    if not fsdd.is_dir():
-        pytest.skip("shared FSDD data not found")
-    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=24, n_dev=6, n_test=4)
+    return shared_fsdd_dataset(tmp_path_factory, n_train=24, n_dev=6, n_test=4)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from corpus_fixtures import make_fsdd_dataset
+from corpus_fixtures import shared_fsdd_dataset
 
 from lrl.core.constants import SAMPLE_RATE
 from lrl.core.io import LrlError
@@ -50,12 +50,7 @@ def _one_line_error(res, *needles: str, code: int = 1) -> str:
 # -- fixtures -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from conftest import SHARED_DATA
-
-    fsdd = SHARED_DATA / "fsdd"
-    if not fsdd.is_dir():
-        pytest.skip("shared FSDD data not found")
-    return make_fsdd_dataset(fsdd, tmp_path_factory.mktemp("data") / "fsdd", n_train=6, n_dev=2)
+    return shared_fsdd_dataset(tmp_path_factory, n_train=6, n_dev=2)
 
 
 @pytest.fixture(scope="module")
