@@ -86,6 +86,9 @@ def test_shards_are_disjoint_and_merge_into_the_unsharded_dataset(yo_cv, shared_
     assert merged["warnings"] == whole["warnings"] and merged.get("clip_durations") == whole.get("clip_durations")
     assert merged["merged_from"]["shards"] == [str(p) for p in parts]
     want, got = _rows(tmp_path / "whole"), _rows(tmp_path / "merged")
+    vocab = load_prepared(tmp_path / "whole")[1]  # the [UNK] warning counts the kept rows with characters outside it
+    n_unk = sum(bool(vocab.oov_chars(text)) for _, text, *_ in want.values()) if config.oov == "unk" else 0
+    assert any(w.startswith(f"{n_unk} kept transcripts hold") for w in whole["warnings"]) == bool(n_unk), whole["warnings"]
     assert sorted(got) == sorted(want)
     for key, (audio, *rest) in want.items():
         assert np.array_equal(got[key][0], audio) and list(got[key][1:]) == rest, key

@@ -550,7 +550,7 @@ def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path 
         vocab = build_vocab(train, NormalizerConfig(language=config.language)).vocab
         vocab_source = f"built from {len(train)} train transcripts"
 
-    candidates, seen, oov_unk = [], {}, 0
+    candidates, seen = [], {}
     normalizer = Normalizer(vocab.normalizer)
     order = sorted(pending, key=lambda r: SPLIT_PRIORITY.index(r.split) if r.split in SPLIT_PRIORITY else len(SPLIT_PRIORITY))
     for r in order:
@@ -582,8 +582,6 @@ def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path 
         seen[r.file] = f"{r.split}/{r.id}"
         if oov and config.oov == "drop":  # an evaluation row: its text keeps the character (an error when scored)
             r.unfiltered = "oov"
-        else:
-            oov_unk += bool(oov)
         r.text = text
         candidates.append(r)
     index = {id(r): i for i, r in enumerate(pending)}
@@ -597,7 +595,7 @@ def _prepare(src: Path, out: Path, config: PrepareConfig, vocab_dir: str | Path 
         rows, held = [r for r in rows if id(r) in mine], [r for r in held if id(r) in mine]
         skipped = [s for s in skipped if id(s[0]) in mine]
         candidates = [r for r in candidates if id(r) in mine]
-        oov_unk = sum(bool(vocab.oov_chars(r.text)) for r in candidates) if config.oov == "unk" else 0
+    oov_unk = sum(bool(vocab.oov_chars(r.text)) for r in candidates) if config.oov == "unk" else 0  # kept with [UNK]
 
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
