@@ -6,11 +6,14 @@ Same start (`xl-tiny`, --init-head-from xl-tiny), same total updates per arm (N)
   a  labelled only: N updates on L
   b  one round:  N/2 on L -> pseudo-label U -> N/2 more on L + pseudo
   c  two rounds: N/2 on L -> pseudo-label U -> N/4 on L + pseudo -> pseudo-label U again -> N/4 on L + pseudo
+  k  oracle: as b, but the clips b kept carry their hidden true text (what b would reach with perfect labels)
+  o  oracle: as b, but all of U with its hidden true text (what U could give at this budget at best)
+The oracle arms read the hidden labels: they bound what any pseudo-labelling could reach, they are not a method.
 Pseudo-labels are decoded with a KenLM word 3-gram from lm-text/yo.txt (dev/test sentences removed; no yo-cv train
 sentence is in it), its lexicon spelled from L's words only, tuned on dev for each model that labels U
 (`--no-lm`: greedy pseudo-labels). Every arm's final model is scored on test greedy and with that LM, tuned on dev.
 Also measured: each candidate confidence's Spearman correlation with the true CER on U (hidden labels).
-Usage: python bench/selftrain.py [--updates 1000] [--arms abc] [--keep-share 0.5] [--extra-weight 1] [--smoke]
+Usage: python bench/selftrain.py [--updates 1000] [--arms abcko] [--keep-share 0.5] [--extra-weight 1] [--smoke]
 """
 
 from __future__ import annotations
@@ -75,6 +78,29 @@ def test_scores(model: Path, lab: Path, lm: Path | None) -> dict:
         model.parent / f"{model.name}.eval.log")
     s = json.loads((model / "eval-test" / "summary.json").read_text())
     return s
+
+
+def with_true_text(src: Path, out: Path, hidden: dict) -> Path:
+    """`src` (U, or a pseudo-label dataset of U) with each row's hidden true transcript as its text (oracle arms)."""
+    import datasets
+
+    dd = datasets.load_from_disk(str(src))
+    rows = dd["train"].map(lambda r: {"text": hidden[r["id"]], "sentence": hidden[r["id"]]})
+    shutil.rmtree(out, ignore_errors=True)
+    datasets.DatasetDict({"train": rows}).save_to_disk(str(out))
+    shutil.copytree(src / "vocab", out / "vocab")
+    return out
+
+
+ORACLE_ALL_WEIGHT = 10.0  # --extra-weight of arm o: U is about 3x L's hours, so all of it is used
+
+
+def extra_used(model: Path) -> dict:
+    """What `--extra-data` added to the train split (train_config.yaml `resolved.extra_data`)."""
+    import yaml
+
+    note = yaml.safe_load((model / "train_config.yaml").read_text())["resolved"]["extra_data"]
+    return {"clips": note["extra_used"], "hours": note["extra_hours"], "labelled_hours": note["labelled_hours"]}
 
 
 SHARES = (0.1, 0.2, 0.3, 0.5, 1.0)  # the true CER of the top share by each confidence: how good can a kept set be
@@ -172,7 +198,7 @@ def main() -> None:
         w = train(lab, xl, work / "a", n, xl, None, 0)
         state["a"] = {"train_s": round(w, 1), "test": test_scores(work / "a", lab, lm)}
         save()
-    if "b" in args.arms or "c" in args.arms:
+    if set(args.arms) & set("bcko"):
         w0 = train(lab, xl, work / "r0", n // 2, xl, None, 0)
         r0_test = test_scores(work / "r0", lab, lm)  # installs the dev-tuned LM the pseudo-labels are decoded with
         p1 = pseudo(work / "r0", unl, work / "p1", hidden, args.keep_share)
@@ -189,9 +215,18 @@ def main() -> None:
             w2 = train(lab, str(work / "c1"), work / "c", n - n // 2 - n // 4, "", work / "p2", args.extra_weight)
             state["c"] = {"train_s": round(w0 + w1 + w2, 1), "rounds": [p1, p2], "test": test_scores(work / "c", lab, lm)}
             save()
+        for arm, src, weight in (("k", work / "p1", args.extra_weight), ("o", unl, ORACLE_ALL_WEIGHT)):
+            if arm in args.arms:
+                extra = with_true_text(src, work / f"{arm}-true", hidden)
+                w = train(lab, str(work / "r0"), work / arm, n - n // 2, "", extra, weight)
+                state[arm] = {"train_s": round(w0 + w, 1), "test": test_scores(work / arm, lab, lm),
+                              "extra": extra_used(work / arm)}
+                save()
 
 
 def _cer_pair(p: dict) -> str:
+    if p.get("oracle"):
+        return "0 (true text)"
     return f"{p['kept_true_cer']:.1%} (all {p['all_true_cer']:.1%})"
 
 
@@ -199,7 +234,8 @@ def write_table(state: dict, args) -> None:
     from _results import update_section
 
     s = state["settings"]
-    names = {"a": "a: labelled only", "b": "b: one round", "c": "c: two rounds"}
+    names = {"a": "a: labelled only", "b": "b: one round", "c": "c: two rounds",
+             "k": "k: oracle, b's kept clips with true text", "o": "o: oracle, all of U with true text"}
     unit = "char 6-gram" if s.get("lm_unit") == "char" else "word 3-gram"
     lm_note = (f"pseudo-labels decoded with the dev-tuned {unit} (C++ backend); test scored greedy and with that LM"
                if s.get("lm") else "pseudo-labels greedy; test scored greedy only")
@@ -211,12 +247,17 @@ def write_table(state: dict, args) -> None:
              "| their true CER | train wall s | pseudo-label wall s |",
              "|---|---:|---:|---:|---:|---|---|---:|---:|"]
     nan = {"cer": float("nan"), "wer": float("nan")}
-    for arm in "abc":
+    for arm in "abcko":
         if arm not in state:
-            lines.append(f"| {names[arm]} | not run | | | | | | | |")
+            if arm in "abc":
+                lines.append(f"| {names[arm]} | not run | | | | | | | |")
             continue
         r = state[arm]
         rounds = r.get("rounds", [])
+        if "extra" in r:  # an oracle arm: its extra clips, their text true
+            e = r["extra"]
+            rounds = [{"kept": e["clips"], "in": state["r0"]["pseudo"]["in"], "seconds": 0,
+                       "kept_true_cer": 0.0, "oracle": True}]
         g, lmr = r["test"]["greedy"], r["test"].get("lm") or nan
         lines.append(f"| {names[arm]} | {g['cer']:.1%} | {g['wer']:.1%} | {lmr['cer']:.1%} | {lmr['wer']:.1%} | "
                      f"{' / '.join(str(p['kept']) + ' of ' + str(p['in']) for p in rounds) or '-'} | "
@@ -237,6 +278,7 @@ def write_table(state: dict, args) -> None:
     if "a" in state and ("b" in state or "c" in state):
         ca = state["a"]["test"]["greedy"]["cer"]
         rel = {k: state[k]["test"]["greedy"]["cer"] / ca - 1 for k in "bc" if k in state}
+        oracle = {k: state[k]["test"]["greedy"]["cer"] / ca - 1 for k in "ko" if k in state}
         best = min(rel, key=rel.get)
         verdict = "meets" if rel[best] <= -0.10 else "misses"
         lines += ["", "Finding: test CER (greedy) relative to labelled only: "
@@ -246,6 +288,9 @@ def write_table(state: dict, args) -> None:
             cl = state["a"]["test"]["lm"]["cer"]
             lines[-1] += " With the LM: " + ", ".join(
                 f"{names[k]} {state[k]['test']['lm']['cer'] / cl - 1:+.0%}" for k in rel) + "."
+        if oracle:
+            lines.append("Oracles (U's hidden labels; bounds, not a method), test CER greedy relative to labelled only: "
+                         + ", ".join(f"{names[k]} {v:+.0%}" for k, v in oracle.items()) + ".")
     if "a" in state and "r0" in state and state["r0"]["pseudo"].get("top_true_cer"):
         best_c, best_v = min(((c, v["0.1"]) for c, v in state["r0"]["pseudo"]["top_true_cer"].items()), key=lambda cv: cv[1])
         ca = state["a"]["test"]["greedy"]["cer"]
@@ -255,6 +300,9 @@ def write_table(state: dict, args) -> None:
                      "model: pseudo-labels about as wrong as what arm a learns from L alone add noise rather than "
                      "signal. Self-training needs a round-0 model (with its LM) whose kept transcripts are clearly "
                      "better than that.")
+    if args.smoke:  # a smoke run checks the pipeline: it measures nothing, so RESULTS.md is left alone
+        print("\n".join(lines))
+        return
     png = plot(state, args.tag)
     if png:
         lines += ["", f"![self-training]({png.name})"]
@@ -265,7 +313,7 @@ def write_table(state: dict, args) -> None:
 def command(state: dict, args) -> str:
     """The command that trained what the state holds (a --report rewrite names the run, not itself)."""
     s = state["settings"]
-    arms = "".join(a for a in "abc" if a in state)
+    arms = "".join(a for a in "abcko" if a in state)
     return (f"python bench/selftrain.py --updates {s['updates']} --keep-share {s['keep_share']:g} "
             f"--extra-weight {s['extra_weight']:g} --arms {arms}"
             + ("" if s.get("lm") else " --no-lm") + (" --lm-unit char" if s.get("lm_unit") == "char" else "")
@@ -279,7 +327,7 @@ def plot(state: dict, tag: str = "") -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = [a for a in "abc" if a in state]
+    arms = [a for a in "abcko" if a in state]
     if not arms:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -288,10 +336,11 @@ def plot(state: dict, tag: str = "") -> Path | None:
     if all(state[a]["test"].get("lm") for a in arms):
         ax.bar([i + 0.2 for i in x], [state[a]["test"]["lm"]["cer"] for a in arms], 0.4, label="test CER with LM")
     for i, a in enumerate(arms):
-        for k, p in enumerate(state[a].get("rounds", [])):
+        for k, p in enumerate(state[a].get("rounds", [])):  # oracle arms (k, o) have none: their text is true
             ax.plot(i, p["kept_true_cer"], marker="v^"[k % 2], color="k", linestyle="none",
                     label="kept pseudo-labels' true CER" if (i, k) == (1, 0) or (len(arms) == 1 and k == 0) else None)
-    ax.set_xticks(list(x), [{"a": "a: labelled", "b": "b: 1 round", "c": "c: 2 rounds"}[a] for a in arms])
+    ax.set_xticks(list(x), [{"a": "a: labelled", "b": "b: 1 round", "c": "c: 2 rounds", "k": "k: oracle\nkept",
+                             "o": "o: oracle\nall U"}[a] for a in arms], fontsize=8)
     ax.set_ylabel("CER")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
