@@ -55,7 +55,10 @@ def plot_curves(metrics_csv: Path, png: Path) -> Path | None:
     b.set_xlabel("update")
     b.set_ylim(0, max(1.05, b.get_ylim()[1]))
     b.set_ylabel("error rate")
-    b.legend()
+    if b.get_legend_handles_labels()[0]:
+        b.legend()
+    else:  # a run without dev evaluation: say so rather than leave an empty panel
+        b.text(0.5, 0.5, "no dev evaluation in this run", ha="center", va="center", transform=b.transAxes)
     fig.suptitle(metrics_csv.parent.name)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
