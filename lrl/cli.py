@@ -35,7 +35,7 @@ from lrl.decode.lm import OOVPolicy as LMOOVPolicy
 from lrl.demo import DemoConfig, DemoStart
 from lrl.evaluate.confidence import Confidence
 from lrl.evaluate.labels import CheckLabelsConfig
-from lrl.evaluate.pseudo import PseudoLabelConfig
+from lrl.evaluate.pseudo import AUTO, PseudoLabelConfig
 from lrl.evaluate.scoring import EvaluateConfig
 from lrl.evaluate.scoring import evaluate as _evaluate
 from lrl.evaluate.select import SELECTION_FILE, GroupBy, SelectConfig
@@ -165,7 +165,7 @@ SpecPresetOpt = _choices("SpecPresetOpt", SpecPreset)
 TinySizeOpt = _choices("TinySizeOpt", TinySize)
 LMBinaryOpt = _choices("LMBinaryOpt", BinaryType)
 LMOOVOpt = _choices("LMOOVOpt", LMOOVPolicy)
-ConfidenceOpt = _choices("ConfidenceOpt", Confidence)
+ConfidenceOpt = _choices("ConfidenceOpt", (*get_args(Confidence), AUTO))
 LMUnitOpt = _choices("LMUnitOpt", LMUnit)
 FreshOpt = _choices("FreshOpt", FreshSize)
 DemoStartOpt = _choices("DemoStartOpt", DemoStart)
@@ -809,7 +809,9 @@ def pseudo_label(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the pseudo-labelled dataset (`lrl data prepare` layout) and its report.")],
     keep_share: Annotated[float, typer.Option(help="Keep this share of the utterances, most confident first (1 = all).")] = PseudoLabelConfig.keep_share,
     min_confidence: Annotated[float, typer.Option(help="Keep only utterances with at least this confidence.")] = PseudoLabelConfig.min_confidence,
-    confidence: Annotated[ConfidenceOpt, typer.Option(help="Confidence utterances are ranked by (token_posterior: works without an LM; with an LM and a stronger model agreement ranked better: bench/RESULTS.md selftrain).")] = ConfidenceOpt(PseudoLabelConfig.confidence),
+    confidence: Annotated[ConfidenceOpt, typer.Option(help="Confidence utterances are ranked by (token_posterior: works without an LM; with an LM and a stronger model agreement ranked better: bench/RESULTS.md selftrain). auto: the one that ranks --rank-on's utterances best by true CER.")] = ConfidenceOpt(PseudoLabelConfig.confidence),
+    rank_on: Annotated[Path | None, typer.Option(help="A prepared dataset with transcripts (e.g. your labelled data): every confidence's Spearman correlation with true CER is measured on its --rank-split and reported; --confidence auto keeps by the best.", exists=True, file_okay=False)] = None,
+    rank_split: Annotated[str, typer.Option(help="Split of --rank-on measured (never the one you report test scores on).")] = PseudoLabelConfig.rank_split,
     max_seconds: Annotated[float, typer.Option(help="Longer recordings are cut into utterances of at most this many seconds, at quiet points.")] = PseudoLabelConfig.max_seconds,
     min_seconds: Annotated[float, typer.Option(help="Utterances shorter than this many seconds are dropped.")] = PseudoLabelConfig.min_seconds,
     no_lm: Annotated[bool, typer.Option("--no-lm", help="Greedy decoding even when the model has an LM.")] = not PseudoLabelConfig.use_lm,
@@ -825,9 +827,14 @@ def pseudo_label(
 
     cfg = PseudoLabelConfig(max_seconds=max_seconds, min_seconds=min_seconds, confidence=confidence.value,
                             keep_share=keep_share, min_confidence=min_confidence, use_lm=not no_lm, split=split,
+                            rank_on=str(rank_on) if rank_on else None, rank_split=rank_split,
                             batch_seconds=batch_seconds, allow_pickle=allow_pickle, overwrite=overwrite)
     r = run(model, audio, out, cfg)
     drops = ", ".join(f"{k} {v}" for k, v in r["dropped"].items()) or "none"
+    if rk := r.get("confidence_ranking"):
+        typer.echo(f"confidence ranking on {rk['data']} [{rk['split']}], {rk['utterances']} utterances (Spearman with "
+                   "true CER): " + ", ".join(f"{c} {'n/a' if v is None else f'{v:+.2f}'}" for c, v in rk["spearman"].items())
+                   + f" -> keeping by {rk['chosen']}")
     typer.echo(f"{r['kept']} of {r['utterances_in']} utterances kept ({r['kept_hours']:.3f} h, {r['decoding']} decoding; "
                f"dropped: {drops}) -> {out} (report: {out / REPORT_MD})")
 

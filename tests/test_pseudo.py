@@ -13,7 +13,14 @@ from ctc_helpers import make_logp
 from lrl.data.vocab import Vocab
 from lrl.decode.decoder import greedy_decode
 from lrl.decode.lm import labels_for_vocab
-from lrl.evaluate.confidence import CONFIDENCES, char_error_rate, confidences, select, spearman
+from lrl.evaluate.confidence import (
+    CONFIDENCES,
+    best_confidence,
+    char_error_rate,
+    confidences,
+    select,
+    spearman,
+)
 from lrl.evaluate.pseudo import PseudoLabelConfig, segment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,9 +71,30 @@ def test_confidence_edge_cases_and_validation(vocab):
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
     for kw, match in (({"max_seconds": 0}, "max_seconds"), ({"min_seconds": 15}, "min_seconds"),
                       ({"keep_share": 1.5}, "keep_share"), ({"confidence": "x"}, "confidence"),
-                      ({"min_confidence": math.nan}, "min_confidence")):
+                      ({"min_confidence": math.nan}, "min_confidence"), ({"confidence": "auto"}, "rank_on")):
         with pytest.raises(ValueError, match=match):
             PseudoLabelConfig(**kw)
+
+
+def test_best_confidence_is_the_one_that_ranks_planted_errors(vocab, rng):
+    """Transcripts with a planted number of characters lost in a near coin toss: token_posterior falls as their CER
+    rises, so it ranks them; agreement without an LM is constant and can't rank; a confidence that rises
+    with CER never wins."""
+    ids = vocab.token_to_id
+    text = "more cats and dark red sails"
+    rows = []
+    for n_bad in range(0, 12, 2):
+        bad = {i: {ids[text[i] if text[i] != " " else "|"]: 0.4, ids["p"]: 0.45} for i in range(0, 2 * n_bad, 2)}
+        hyp, conf = _scored(vocab, make_logp(vocab, text, bad))
+        rows.append((char_error_rate(text, hyp), conf))
+    cer = [r[0] for r in rows]
+    assert len(set(cer)) > 3  # the planted errors do change the transcripts
+    rank = {c: spearman([r[1][c] for r in rows], cer) for c in CONFIDENCES}
+    assert math.isnan(rank["agreement"])
+    assert best_confidence(rank) == min((c for c in rank if not math.isnan(rank[c])), key=rank.get)
+    assert best_confidence({**rank, "token_posterior": -1.0}) == "token_posterior"
+    assert best_confidence({c: math.nan for c in CONFIDENCES}) is None
+    assert best_confidence({c: 0.5 for c in CONFIDENCES}) is None  # rising with CER ranks nothing
 
 
 def test_segment_cuts_long_audio_at_quiet_points(rng):
@@ -140,6 +168,35 @@ def test_pseudo_label_writes_a_loadable_dataset_that_trains_via_extra_data(tiny_
     assert mix["extra_used"] + mix["extra_dropped_oov"] + mix["extra_dropped_empty"] + mix["extra_over_cap"] == len(ds)
     assert saved["resolved"]["train_clips"] == 12 + mix["extra_used"]
     assert saved["data"]["extra_path"] == str(out)
+
+
+def test_confidence_auto_measures_on_labelled_data_and_keeps_by_its_choice(tiny_data, tiny_model, tmp_path, cli):
+    out = tmp_path / "pseudo"
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", out, "--split", "train", "--keep-share", "0.5",
+            "--min-seconds", "0.1", "--confidence", "auto", "--rank-on", tiny_data, "--rank-split", "dev")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "pseudo_report.json").read_text())
+    rk = report["confidence_ranking"]
+    assert rk["split"] == "dev" and rk["utterances"] == 4 and set(rk["spearman"]) == set(CONFIDENCES)
+    measured = {c: math.nan if v is None else v for c, v in rk["spearman"].items()}
+    assert rk["best"] == best_confidence(measured)
+    assert rk["chosen"] == (rk["best"] or PseudoLabelConfig.confidence) == report["config"]["confidence"]
+    assert f"keeping by {rk['chosen']}" in r.output and rk["chosen"] in (out / "pseudo_report.md").read_text()
+    # the kept rows are the top half by the chosen confidence, and carry its value
+    lines = (out / "pseudo_utterances.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    rows = [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]]
+    kept = [r for r in rows if r["kept"] == "true"]
+    scored = [float(r[rk["chosen"]]) for r in rows if r["reason"] != "empty_transcript"]
+    assert all(float(r[rk["chosen"]]) >= sorted(scored, reverse=True)[len(kept) - 1] for r in kept)
+    import datasets
+
+    ds = datasets.load_from_disk(str(out))["train"]
+    by_id = {r["id"]: float(r[rk["chosen"]]) for r in kept}
+    assert sorted(ds["id"]) == sorted(by_id)
+    assert all(abs(c - by_id[i]) <= 5e-5 for i, c in zip(ds["id"], ds["confidence"], strict=True))  # tsv: 4 decimals
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "p2", "--confidence", "auto")
+    assert r.exit_code == 1 and "--rank-on" in r.output and "Traceback" not in r.output
 
 
 def test_unreadable_files_are_reported_not_fatal(tiny_model, tmp_path, cli):

@@ -84,6 +84,13 @@ def select(scores: list[float], texts: list[str], keep_share: float = 1.0, min_c
     return Selection([not r for r in reasons], reasons)
 
 
+def best_confidence(spearman_by: dict[str, float]) -> Confidence | None:
+    """The confidence that ranks utterances best by true CER: the most negative Spearman correlation, of
+    those below 0 (a confidence that does not fall as CER rises ranks nothing). None when none qualifies."""
+    ok = {c: v for c, v in spearman_by.items() if c in CONFIDENCES and math.isfinite(v) and v < 0}
+    return min(ok, key=lambda c: (ok[c], CONFIDENCES.index(c))) if ok else None
+
+
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman rank correlation (average ranks for ties); NaN with fewer than 3 pairs or a constant side."""
     if len(x) < 3:

@@ -3,7 +3,8 @@ split whose labels are never read) with a model and its tuned LM (greedy without
 at their quietest points (`segment`), scores each utterance (`lrl.evaluate.confidence`), keeps the confident
 ones and writes them as a prepared dataset (the `lrl data prepare` layout, split train, vocab/ from the model,
 columns `pseudo` and `confidence`) with a report of every utterance in, kept or dropped and why.
-`measure_confidences` ranks the candidate confidences on a labelled split (Spearman vs true CER).
+`measure_confidences` ranks the candidate confidences on a labelled split (Spearman vs true CER); with
+`rank_on` the run does that first and, with `confidence="auto"`, keeps by the best-ranking one.
 """
 
 from __future__ import annotations
@@ -12,14 +13,21 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE
 from lrl.core.io import LrlError, atomic_write_text, iter_files
-from lrl.evaluate.confidence import CONFIDENCES, DEFAULT_CONFIDENCE, Confidence, confidences, select
+from lrl.evaluate.confidence import (
+    CONFIDENCES,
+    DEFAULT_CONFIDENCE,
+    Confidence,
+    best_confidence,
+    confidences,
+    select,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ UTTERANCES_FILE = "pseudo_utterances.tsv"  # every utterance: id, source, start,
 ENERGY_HOP_SECONDS = 0.01  # frame hop of the energy curve segmentation cuts on
 ENERGY_SMOOTH_SECONDS = 0.3  # the energy is averaged over this much audio: a cut lands in a pause, not a stop
 BLOCK_SECONDS = 600.0  # audio decoded per block (memory stays bounded on long inputs)
+AUTO = "auto"  # confidence: the one that ranks `rank_on`'s utterances best by true CER
+RANK_MIN_UTTERANCES = 30  # fewer labelled utterances than this make a ranking a rough guide (warned)
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,9 @@ class PseudoLabelConfig:
 
     max_seconds: float = 20.0  # longer recordings are cut into utterances of at most this (s), at low-energy points
     min_seconds: float = 1.0  # utterances shorter than this (s) are dropped (too_short)
-    confidence: Confidence = DEFAULT_CONFIDENCE  # the score utterances are ranked by (lrl.evaluate.confidence)
+    confidence: Confidence | str = DEFAULT_CONFIDENCE  # the score utterances are ranked by, or "auto" (needs rank_on)
+    rank_on: str | None = None  # a labelled prepared dataset: each confidence's Spearman vs true CER is measured on it
+    rank_split: str = "dev"  # its split measured
     keep_share: float = 0.5  # keep this share of the scored utterances, most confident first (1 = all)
     min_confidence: float = 0.0  # and only those with a confidence >= this
     use_lm: bool = True  # decode with the model's LM (MODEL/language_model, decoder.json) when it has one
@@ -51,8 +63,11 @@ class PseudoLabelConfig:
             raise ValueError(f"max_seconds must be > 0 (s), got {self.max_seconds}")
         if not 0 <= self.min_seconds < self.max_seconds / 2:
             raise ValueError(f"min_seconds must be in [0, max_seconds/2 = {self.max_seconds / 2:g}) s, got {self.min_seconds}")
-        if self.confidence not in CONFIDENCES:
-            raise ValueError(f"confidence must be one of {list(CONFIDENCES)}, got {self.confidence!r}")
+        if self.confidence not in (*CONFIDENCES, AUTO):
+            raise ValueError(f"confidence must be one of {[*CONFIDENCES, AUTO]}, got {self.confidence!r}")
+        if self.confidence == AUTO and not self.rank_on:
+            raise ValueError("confidence auto picks by measurement: give rank_on (--rank-on), a prepared dataset "
+                             "with transcripts (e.g. your labelled data; its dev split is measured)")
         if not 0 < self.keep_share <= 1:
             raise ValueError(f"keep_share must be in (0, 1], got {self.keep_share}")
         if not math.isfinite(self.min_confidence):
@@ -160,6 +175,10 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise LrlError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+    ranking = None
+    if config.rank_on:
+        ranking = rank_confidences(model_dir, config)
+        config = replace(config, confidence=ranking["chosen"])
     am = AcousticModel(model_dir, allow_pickle=config.allow_pickle)
     decoder = load_decoder(model_dir, use_lm=config.use_lm)
     vocab = Vocab.load(model_dir)
@@ -186,11 +205,36 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
     _write_dataset(tmp, kept, config)
     vocab.save(tmp / "vocab")
     report = _report(model_dir, inputs, config, decoder.has_lm, utts, rows, dropped)
+    if ranking is not None:
+        report["confidence_ranking"] = ranking
     _write_report(tmp, report, utts, rows, dropped)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return report
+
+
+def rank_confidences(model_dir: str | Path, config: PseudoLabelConfig) -> dict:
+    """Measure every confidence on `config.rank_on` (decoded as the run will decode) and say which one
+    the run keeps by: the given one, or with "auto" the best-ranking (the default when none ranks)."""
+    m = measure_confidences(model_dir, config.rank_on, config.rank_split, use_lm=config.use_lm)
+    best = best_confidence(m["spearman"])
+    if config.confidence != AUTO:
+        chosen, rule = config.confidence, "given (--confidence)"
+    elif best is not None:
+        chosen, rule = best, "auto: the most negative Spearman correlation with true CER"
+    else:
+        chosen, rule = DEFAULT_CONFIDENCE, "auto, but no confidence fell as CER rose: the default"
+        logger.warning("no confidence ranked the %d utterances of %s[%s] by CER (Spearman %s): keeping by %s",
+                       m["utterances"], config.rank_on, config.rank_split, m["spearman"], chosen)
+    if m["utterances"] < RANK_MIN_UTTERANCES:
+        logger.warning("the confidence ranking rests on %d utterances of %s[%s]: a rough guide (%d or more is "
+                       "better)", m["utterances"], config.rank_on, config.rank_split, RANK_MIN_UTTERANCES)
+    logger.info("confidence ranking on %s[%s]: %s -> %s", config.rank_on, config.rank_split,
+                {c: round(v, 3) for c, v in m["spearman"].items()}, chosen)
+    return {"data": str(config.rank_on), "split": config.rank_split, "utterances": m["utterances"],
+            "decoding": m["decoding"], "spearman": {c: v if math.isfinite(v) else None for c, v in m["spearman"].items()},
+            "best": best, "chosen": chosen, "rule": rule}
 
 
 def _score_block(am, decoder, waves: list[np.ndarray]) -> list[dict]:
@@ -254,6 +298,11 @@ def _write_report(directory: Path, report: dict, utts, rows, dropped) -> None:
              f"- utterances in: {report['utterances_in']}; scored: {report['scored']}; kept: {report['kept']} "
              f"({report['kept_hours']:.3f} h)", "", "| dropped because | utterances |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in report["dropped"].items()] or ["| (none) | 0 |"]
+    if rk := report.get("confidence_ranking"):
+        lines += ["", f"Confidence ranking on {rk['data']} [{rk['split']}] ({rk['utterances']} utterances, "
+                  f"{rk['decoding']} decoding; Spearman with true CER, more negative = better): "
+                  f"kept by **{rk['chosen']}** ({rk['rule']})", "", "| confidence | Spearman |", "|---|---:|"]
+        lines += [f"| {c} | {'n/a (constant)' if v is None else f'{v:+.3f}'} |" for c, v in rk["spearman"].items()]
     if report["unreadable"]:
         lines += ["", "Unreadable inputs:", *[f"- {d['source']}: {d['detail']}" for d in report["unreadable"][:50]]]
     atomic_write_text(directory / REPORT_MD, "\n".join(lines) + "\n")
