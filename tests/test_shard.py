@@ -1,5 +1,6 @@
 """lrl.data.shards and lrl.data.merge: `lrl data prepare --shard i/n` parts are disjoint, complete and merge into
-exactly the unsharded dataset; the merge refuses a missing, duplicate or foreign shard; training refuses a shard."""
+exactly the unsharded dataset; the merge refuses a missing, duplicate or foreign shard; training, scoring and
+writing a cleaned copy refuse a lone shard."""
 
 from __future__ import annotations
 
@@ -168,9 +169,11 @@ def test_cli_sharded_prepare_merge_and_train_refuses_a_shard(two_shards, tmp_pat
     res = cli("train", "run", "--data", s0, "--checkpoint", "unused", "--out", tmp_path / "run")
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "lrl data merge" in res.output, res.output
     assert not (tmp_path / "run").exists()
-    for cmd in (["evaluate", tmp_path, s0], ["lm", "tune", tmp_path, s0]):  # scores of 1/n of a split
+    for cmd in (["evaluate", tmp_path, s0], ["lm", "tune", tmp_path, s0],  # scores of 1/n of a split
+                ["data", "check-labels", tmp_path, s0, "--write-clean", tmp_path / "clean"]):  # 1/n passing for all
         res = cli(*cmd)
         assert res.exit_code == 1 and res.output.count("\n") == 1 and "lrl data merge" in res.output, (cmd, res.output)
+    assert not (tmp_path / "clean").exists()
     refuse_shard(tmp_path / "m", "train on")  # the merged dataset is no shard
     prepare(src, tmp_path / "one", shard="0/1")
     refuse_shard(tmp_path / "one", "train on")  # 0/1 holds every row

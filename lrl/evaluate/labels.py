@@ -248,11 +248,15 @@ def check_labels(model_dir: str | Path, data_dir: str | Path, config: CheckLabel
     """Check the transcripts of `config.split` of a prepared dataset with a trained model; write the scores,
     the suspects and a report into `out_dir` (default MODEL/check-labels-SPLIT) and, with `write_clean`, a
     prepared dataset without the flagged clips."""
+    from lrl.data.shards import refuse_shard
     from lrl.evaluate.inference import check_model, split_log_probs
 
     config = config or CheckLabelsConfig()
-    if write_clean is not None and Path(write_clean).exists():
-        raise LrlError(f"{write_clean} already exists: --write-clean needs a new directory")
+    if write_clean is not None:
+        if Path(write_clean).exists():
+            raise LrlError(f"{write_clean} already exists: --write-clean needs a new directory")
+        # a cleaned copy of one shard of n would lose its shard record and pass for the whole corpus
+        refuse_shard(data_dir, "run check-labels --write-clean on")
     vocab = check_model(model_dir, config.allow_pickle)
     s = split_log_probs(model_dir, data_dir, config.evaluate_config())
     checks = check_clips(s.ids, s.refs, s.durations, s.logps, vocab, config)
