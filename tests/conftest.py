@@ -60,3 +60,18 @@ def tiny_ckpt(tmp_path_factory):
     from lrl.models.checkpoints import init_tiny
 
     return init_tiny(tmp_path_factory.mktemp("ckpt") / "tiny", "test")
+
+
+def nan_pretrain_forward():
+    """`lrl.train.pretrain._forward` (as it is now) with every loss multiplied by NaN, what a batch of NaN clips
+    gives: install it with monkeypatch to drive pretraining's non-finite-loss handling."""
+    import lrl.train.pretrain as pretrain
+
+    real = pretrain._forward
+
+    def poisoned(net, batch):
+        out = real(net, batch)
+        out.loss = out.loss * float("nan")
+        return out
+
+    return poisoned

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import nan_pretrain_forward
 
 from lrl.train.pretrain import (
     LOG_COLUMNS,
@@ -414,13 +415,7 @@ def test_nonfinite_losses_skip_the_update_then_stop_the_run(fast_run, clips, tmp
     from lrl.core.io import LrlError
 
     start, _, _ = fast_run
-    real = pretrain._forward
-
-    def poisoned(net, batch):
-        out = real(net, batch)
-        out.loss = out.loss * float("nan")
-        return out
-
+    real, poisoned = pretrain._forward, nan_pretrain_forward()
     monkeypatch.setattr(pretrain, "_forward", poisoned)
     cfg = replace(FAST, max_steps=2, save_every=0, probe_crops=0)
     with caplog.at_level(logging.WARNING, logger="lrl.train.pretrain"), \

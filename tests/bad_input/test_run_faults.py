@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import nan_pretrain_forward
 from corpus_fixtures import shared_fsdd_dataset
 
 from lrl.core.constants import SAMPLE_RATE
@@ -309,14 +310,7 @@ PRETRAIN_FAST = ("--fresh", "tiny-test", "--batch-size", "2", "--max-seconds", "
 def test_pretrain_where_every_loss_is_nonfinite_fails_without_writing_a_model(tmp_path, cli, monkeypatch):
     import lrl.train.pretrain as pretrain
 
-    real = pretrain._forward
-
-    def poisoned(net, batch):
-        out = real(net, batch)
-        out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(pretrain, "_forward", poisoned)
+    monkeypatch.setattr(pretrain, "_forward", nan_pretrain_forward())
     clips = _noise_clips(tmp_path / "clips", [1.5] * 4)
     out = tmp_path / "pt"
     res = cli("pretrain", clips, "--out", out, "--steps", "2", *PRETRAIN_FAST)
