@@ -15,7 +15,8 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from lrl.core.io import LrlError, atomic_write_text
+from lrl.core import locks
+from lrl.core.io import atomic_write_text
 from lrl.core.procs import parent_death_hook
 
 logger = logging.getLogger(__name__)
@@ -35,44 +36,16 @@ def is_marked(directory: Path) -> bool:
 
 
 @contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on OUT.lock while the body runs; a second run on the same OUT fails at once.
-
-    Failing rather than waiting: the second run was started with its own options, and after a wait it would
-    either reuse the first run's output or replace it, and the user could not tell which. The lock file is
-    removed at the end; a lock taken on a file that was meanwhile removed is retried, so two runs never hold
-    locks on two different files. Without fcntl (Windows) there is no lock."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
+def output_lock(out: Path, command: str = "data prepare") -> Iterator[None]:
+    """Hold OUT.lock (beside OUT, removed at the end) while the body runs; a second run on the same OUT fails
+    at once (lrl.core.locks). Failing rather than waiting: the second run was started with its own options,
+    and after a wait it would either reuse the first run's output or replace it, and the user could not tell
+    which."""
     path = out.parent / f"{out.name}{LOCK_SUFFIX}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise LrlError(f"{out} is being written by another `lrl data prepare` (pid {holder}, lock {path}); "
-                           "wait for it to finish, or choose another --out") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with locks.exclusive(path, f"`lrl {command}`, pid {os.getpid()}", remove=True, busy=lambda holder: (
+            f"{out} is being written by another run ({holder}; lock {path}): wait for it to finish, or choose "
+            "another --out")):
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:

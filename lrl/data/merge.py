@@ -43,7 +43,7 @@ def merge_shards(shard_dirs: Sequence[str | Path], out: str | Path, overwrite: b
     shards = _check_shards([Path(d) for d in shard_dirs])
     if any(out.resolve() == d.resolve() for d, _ in shards):
         raise LrlError(f"--out {out} is one of the shards: choose a new folder for the merged dataset")
-    with guard.output_lock(out), sigterm_as_interrupt():
+    with guard.output_lock(out, "data merge"), sigterm_as_interrupt():
         fp = hashlib.sha256(json.dumps([rec["fingerprint"] for _, rec in shards]).encode()).hexdigest()
         reused = reuse_output(out, fp, overwrite)
         if reused is not None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lrl.core import locks
 from lrl.core.io import LrlError
 
 logger = logging.getLogger(__name__)
@@ -75,27 +76,13 @@ def run_lock(out: str | Path, command: str) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no advisory locks, run unlocked
-        yield
-        return
     created = not out.exists()
     if out.exists() and not out.is_dir():
         raise LrlError(f"--out {out} is a file: expected a directory (new or of an earlier run); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-            raise LrlError(
-                f"{out} is in use by another run ({holder}): wait for it to finish, or choose another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"`lrl {command}`, pid {os.getpid()}".encode())
+    with locks.exclusive(path, f"`lrl {command}`, pid {os.getpid()}", busy=lambda holder: (
+            f"{out} is in use by another run ({holder}): wait for it to finish, or choose another --out")):
         try:
             yield
         except BaseException:
@@ -103,8 +90,6 @@ def run_lock(out: str | Path, command: str) -> Iterator[None]:
                 path.unlink(missing_ok=True)
                 out.rmdir()
             raise
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def check_finite_weights(model, what: str) -> None:

@@ -354,13 +354,13 @@ def test_second_prepare_on_the_same_out_fails_fast(yo_cv, tmp_path, cli, no_debu
     src = copy_cv(yo_cv, tmp_path / "cv", n_train=2)
     out = tmp_path / "ds"
     with open(tmp_path / "ds.lock", "w") as held:  # what a first run holds while it writes `out`
-        held.write("4242\n")
+        held.write("`lrl data prepare`, pid 4242")
         held.flush()
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         t0 = time.monotonic()
         res = cli("data", "prepare", src, "--out", out, "--no-card")
         assert time.monotonic() - t0 < 10
-    assert res.exit_code == 1 and "being written by another `lrl data prepare` (pid 4242" in res.output
+    assert res.exit_code == 1 and "being written by another run (`lrl data prepare`, pid 4242" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not out.exists()
     assert cli("data", "prepare", src, "--out", out, "--no-card").exit_code == 0  # once released
     assert not (tmp_path / "ds.lock").exists()
