@@ -90,8 +90,10 @@ def test_best_confidence_is_the_one_that_ranks_planted_errors(vocab, rng):
     cer = [r[0] for r in rows]
     assert len(set(cer)) > 3  # the planted errors do change the transcripts
     rank = {c: spearman([r[1][c] for r in rows], cer) for c in CONFIDENCES}
-    assert math.isnan(rank["agreement"])
-    assert best_confidence(rank) == min((c for c in rank if not math.isnan(rank[c])), key=rank.get)
+    assert rank["token_posterior"] < -0.9 and math.isnan(rank["agreement"])
+    # posterior and beam may tie with it here (every frame's top falls alike); ties go to the first listed
+    assert best_confidence(rank) == "token_posterior"
+    assert best_confidence({**rank, "beam": rank["token_posterior"] - 0.01}) == "beam"
     assert best_confidence({**rank, "token_posterior": -1.0}) == "token_posterior"
     assert best_confidence({c: math.nan for c in CONFIDENCES}) is None
     assert best_confidence({c: 0.5 for c in CONFIDENCES}) is None  # rising with CER ranks nothing
@@ -197,6 +199,44 @@ def test_confidence_auto_measures_on_labelled_data_and_keeps_by_its_choice(tiny_
     assert all(abs(c - by_id[i]) <= 5e-5 for i, c in zip(ds["id"], ds["confidence"], strict=True))  # tsv: 4 decimals
     r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "p2", "--confidence", "auto")
     assert r.exit_code == 1 and "--rank-on" in r.output and "Traceback" not in r.output
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "p2", "--confidence", "auto",
+            "--rank-on", tiny_data, "--rank-split", "nosuch")
+    assert r.exit_code == 1 and "--rank-split" in r.output and not (tmp_path / "p2").exists()
+
+
+def test_confidence_auto_keeps_by_the_measured_winner(tiny_data, tiny_model, tmp_path, cli, monkeypatch):
+    """A 2-update model ranks nothing (the test above takes the default): plant a measurement in which beam
+    ranks best and check the run keeps by beam, and a given --confidence wins over the measurement."""
+    import datasets
+
+    import lrl.evaluate.pseudo as pseudo
+
+    planted = {"token_posterior": -0.2, "posterior": 0.1, "beam": -0.6, "agreement": math.nan}
+    monkeypatch.setattr(pseudo, "measure_confidences", lambda *a, **k: {
+        "utterances": 40, "decoding": "greedy", "spearman": planted, "rows": []})
+    out = tmp_path / "auto"
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", out, "--split", "train", "--keep-share", "0.5",
+            "--min-seconds", "0.1", "--confidence", "auto", "--rank-on", tiny_data)
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "pseudo_report.json").read_text())
+    assert report["confidence_ranking"]["chosen"] == "beam" == report["config"]["confidence"]
+    assert report["confidence_ranking"]["spearman"]["agreement"] is None  # NaN is no JSON number
+    lines = (out / "pseudo_utterances.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    beam = {row["id"]: float(row["beam"]) for row in (dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:])
+            if row["kept"] == "true"}
+    ds = datasets.load_from_disk(str(out))["train"]
+    assert beam and all(abs(c - beam[i]) <= 5e-5 for i, c in zip(ds["id"], ds["confidence"], strict=True))
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "given", "--split", "train",
+            "--min-seconds", "0.1", "--confidence", "posterior", "--rank-on", tiny_data)
+    assert r.exit_code == 0, r.output
+    rk = json.loads((tmp_path / "given" / "pseudo_report.json").read_text())["confidence_ranking"]
+    assert rk["best"] == "beam" and rk["chosen"] == "posterior" and rk["rule"].startswith("given")
+    monkeypatch.setattr(pseudo, "measure_confidences", lambda *a, **k: {
+        "utterances": 2, "decoding": "greedy", "spearman": planted, "rows": []})
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "few", "--confidence", "auto",
+            "--rank-on", tiny_data)
+    assert r.exit_code == 1 and "at least 3" in r.output
 
 
 def test_unreadable_files_are_reported_not_fatal(tiny_model, tmp_path, cli):
@@ -209,6 +249,9 @@ def test_unreadable_files_are_reported_not_fatal(tiny_model, tmp_path, cli):
     assert r.exit_code == 0, r.output
     report = json.loads((out / "pseudo_report.json").read_text())
     assert report["kept"] == 0 and report["dropped"] == {"unreadable": 2}
+    import datasets
+
+    assert len(datasets.load_from_disk(str(out))["train"]) == 0  # nothing kept still loads (and trains on L only)
     assert sorted(d["source"].rsplit("/", 1)[1] for d in report["unreadable"]) == ["a.wav", "b.flac"]
     assert "unreadable" in (out / "pseudo_report.md").read_text()
     r = cli("pseudo-label", tiny_model, bad, "--out", out)  # an existing --out needs --overwrite

@@ -28,6 +28,13 @@ STATE_FILE = "state.json"  # a saved Dataset's shard list and state (datasets.co
 INFO_FILE = "dataset_info.json"  # a saved Dataset's features and card fields (datasets.config.DATASET_INFO_FILENAME)
 
 
+def save_dataset_dict(dd, directory: str | Path) -> None:
+    """`DatasetDict.save_to_disk`, one shard for an empty split: datasets 5.2 saves an empty split with no
+    shard at all, and `load_from_disk` then fails on it (IndexError in `concat_tables`), while one empty
+    shard loads as 0 rows (tests/test_hf_datasets.py checks both). Public API only."""
+    dd.save_to_disk(str(directory), num_shards={k: 1 for k, v in dd.items() if len(v) == 0} or None)
+
+
 def arrow_schema(features: dict):
     """The Arrow schema `datasets.Features.from_dict(features).arrow_schema` gives: the column types plus the
     `huggingface` metadata that `Dataset.from_file`/`load_from_disk` read the features back from. `features`

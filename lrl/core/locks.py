@@ -17,6 +17,7 @@ from pathlib import Path
 from lrl.core.io import LrlError
 
 NOTE_BYTES = 200  # the holder's note is read back up to this length
+MAX_TRIES = 20  # a lock file removed under us this often means something else deletes it: give up
 
 
 @contextlib.contextmanager
@@ -30,22 +31,33 @@ def exclusive(path: Path, note: str, busy: Callable[[str], str], remove: bool = 
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    while True:
+    for _ in range(MAX_TRIES):
         path.parent.mkdir(parents=True, exist_ok=True)  # (again: a failed run may have removed its new OUT)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder went between the mkdir and the open
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
         except BlockingIOError:
-            holder = os.pread(fd, NOTE_BYTES, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
+            try:
+                holder = os.pread(fd, NOTE_BYTES, 0).decode("utf-8", "replace").strip() or "another process"
+            finally:
+                os.close(fd)
             raise LrlError(busy(holder)) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
+        except BaseException:  # ENOLCK on some network file systems, Ctrl-C: never keep the fd (and lock) open
+            os.close(fd)
+            raise
         if same:
             break
         os.close(fd)  # the holder removed the file between our open and our lock: lock the new one
+    else:
+        raise LrlError(f"could not take the lock {path}: it was removed and made again {MAX_TRIES} times; "
+                       "is another program deleting it?")
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, note.encode(), 0)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lrl.core.constants import SAMPLE_RATE
+from lrl.core.hf_datasets import save_dataset_dict
 from lrl.core.io import LrlError, atomic_write_text
 from lrl.core.procs import sigterm_as_interrupt
 from lrl.data import guard
@@ -133,7 +134,7 @@ def _write(shards: list[tuple[Path, dict]], tmp: Path, fp: str) -> dict:
         except ValueError as e:  # columns or types differ: shards written by different lrl versions
             raise LrlError(f"split {split}: the shards' columns differ ({e}); prepare them again with one lrl version") from e
     tmp.mkdir(parents=True)
-    datasets.DatasetDict(parts).save_to_disk(str(tmp))
+    save_dataset_dict(datasets.DatasetDict(parts), tmp)
     shutil.copytree(shards[0][0] / VOCAB_DIR, tmp / VOCAB_DIR)
     lines = ["split\tid\tpath\treason\tdetail"]
     for d, _ in shards:

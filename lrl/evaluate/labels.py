@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrl.core.hf_datasets import save_dataset_dict
 from lrl.core.io import LrlError, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -318,7 +319,7 @@ def write_clean_dataset(data_dir: str | Path, out: str | Path, split: str, drop:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        dd.save_to_disk(str(tmp))
+        save_dataset_dict(dd, tmp)
         shutil.copytree(data_dir / VOCAB_DIR, tmp / VOCAB_DIR)
         summary = json.loads((data_dir / SUMMARY_FILE).read_text()) if (data_dir / SUMMARY_FILE).is_file() else {}
         summary["check_labels"] = {"source": str(data_dir), "split": split, "removed": len(ids) - len(dd[split]),

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lrl.core.constants import AUDIO_SUFFIXES, SAMPLE_RATE
+from lrl.core.hf_datasets import save_dataset_dict
 from lrl.core.io import LrlError, atomic_write_text, iter_files
 from lrl.evaluate.confidence import (
     CONFIDENCES,
@@ -51,7 +52,8 @@ class PseudoLabelConfig:
     rank_on: str | None = None  # a labelled prepared dataset: each confidence's Spearman vs true CER is measured on it
     rank_split: str = "dev"  # its split measured
     keep_share: float = 0.5  # keep this share of the scored utterances, most confident first (1 = all)
-    min_confidence: float = 0.0  # and only those with a confidence >= this
+    min_confidence: float | None = None  # and only those with a confidence >= this (None: no threshold; the
+    # scales differ: posteriors in [0, 1], agreement in [0, 1], beam a log score per frame, below 0)
     use_lm: bool = True  # decode with the model's LM (MODEL/language_model, decoder.json) when it has one
     split: str = "train"  # the split read from a prepared dataset given as input (its text is never read)
     batch_seconds: float = 60.0  # padded audio per forward pass (s)
@@ -70,7 +72,7 @@ class PseudoLabelConfig:
                              "with transcripts (e.g. your labelled data; its dev split is measured)")
         if not 0 < self.keep_share <= 1:
             raise ValueError(f"keep_share must be in (0, 1], got {self.keep_share}")
-        if not math.isfinite(self.min_confidence):
+        if self.min_confidence is not None and not math.isfinite(self.min_confidence):
             raise ValueError(f"min_confidence must be a finite number, got {self.min_confidence}")
         if not self.batch_seconds > 0:
             raise ValueError(f"batch_seconds must be > 0 (s), got {self.batch_seconds}")
@@ -195,7 +197,8 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
                 utts += [x for x, _ in block]
                 block = []
     scores = [r[config.confidence] for r in rows]
-    sel = select(scores, [r["text"] for r in rows], config.keep_share, config.min_confidence)
+    sel = select(scores, [r["text"] for r in rows], config.keep_share,
+                 -math.inf if config.min_confidence is None else config.min_confidence)
     for r, reason in zip(rows, sel.reasons, strict=True):
         r["kept"], r["reason"] = not reason, reason
     tmp = out.with_name(f".{out.name}.pseudo-tmp")
@@ -217,7 +220,18 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
 def rank_confidences(model_dir: str | Path, config: PseudoLabelConfig) -> dict:
     """Measure every confidence on `config.rank_on` (decoded as the run will decode) and say which one
     the run keeps by: the given one, or with "auto" the best-ranking (the default when none ranks)."""
-    m = measure_confidences(model_dir, config.rank_on, config.rank_split, use_lm=config.use_lm)
+    from lrl.data.prepare import load_prepared
+    from lrl.evaluate.scoring import EvaluateConfig
+
+    dd, _ = load_prepared(config.rank_on)
+    if config.rank_split not in dd:
+        raise LrlError(f"{config.rank_on} has no split {config.rank_split!r} (it has {sorted(dd)}): choose one with "
+                       "--rank-split")
+    m = measure_confidences(model_dir, config.rank_on, use_lm=config.use_lm, config=EvaluateConfig(
+        split=config.rank_split, batch_seconds=config.batch_seconds, allow_pickle=config.allow_pickle))
+    if m["utterances"] < 3:
+        raise LrlError(f"{config.rank_on} [{config.rank_split}] has {m['utterances']} utterance(s): "
+                       "a confidence ranking needs at least 3 (30 or more to be worth much); use a larger split")
     best = best_confidence(m["spearman"])
     if config.confidence != AUTO:
         chosen, rule = config.confidence, "given (--confidence)"
@@ -269,7 +283,7 @@ def _write_dataset(directory: Path, kept: list, config: PseudoLabelConfig) -> No
                                   "duration": f64, "speaker": s, "source": s, "start": f64,
                                   "pseudo": datasets.Value("bool"), "confidence": f64, "greedy_text": s})
     ds = datasets.Dataset.from_dict(cols, features=features)
-    datasets.DatasetDict({"train": ds}).save_to_disk(str(directory))
+    save_dataset_dict(datasets.DatasetDict({"train": ds}), directory)  # loadable even when nothing was kept
 
 
 def _report(model_dir, inputs, config, has_lm, utts, rows, dropped) -> dict:
@@ -294,7 +308,8 @@ def _write_report(directory: Path, report: dict, utts, rows, dropped) -> None:
     atomic_write_text(directory / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     lines = [f"# Pseudo-labels from {report['model']}", "",
              f"- decoding: {report['decoding']}; confidence: {report['config']['confidence']}; keep share "
-             f"{report['config']['keep_share']:g}, min confidence {report['config']['min_confidence']:g}",
+             f"{report['config']['keep_share']:g}, min confidence "
+             f"{'none' if report['config']['min_confidence'] is None else format(report['config']['min_confidence'], 'g')}",
              f"- utterances in: {report['utterances_in']}; scored: {report['scored']}; kept: {report['kept']} "
              f"({report['kept_hours']:.3f} h)", "", "| dropped because | utterances |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in report["dropped"].items()] or ["| (none) | 0 |"]
@@ -317,14 +332,18 @@ def _write_report(directory: Path, report: dict, utts, rows, dropped) -> None:
     atomic_write_text(directory / UTTERANCES_FILE, "\n".join(body) + "\n")
 
 
-def measure_confidences(model_dir: str | Path, data_dir: str | Path, split: str = "dev", use_lm: bool = True) -> dict:
+def measure_confidences(model_dir: str | Path, data_dir: str | Path, split: str = "dev", use_lm: bool = True,
+                        config=None) -> dict:
     """On a labelled split: each candidate confidence's Spearman correlation with the utterances' true CER
-    (the more negative, the better it ranks), plus the per-utterance rows. For choosing `confidence`."""
+    (the more negative, the better it ranks), plus the per-utterance rows. For choosing `confidence`.
+    `config`: the EvaluateConfig the log-probs are computed with (default: `split`'s, cached in DATA)."""
     from lrl.evaluate.confidence import char_error_rate, spearman
     from lrl.evaluate.inference import load_decoder, split_log_probs
     from lrl.evaluate.scoring import EvaluateConfig
 
-    s = split_log_probs(model_dir, data_dir, EvaluateConfig(split=split))
+    config = config or EvaluateConfig(split=split)
+    split = config.split
+    s = split_log_probs(model_dir, data_dir, config)
     with load_decoder(model_dir, use_lm=use_lm) as decoder:
         greedy = [decoder.greedy(lp) for lp in s.logps]
         lm = decoder.decode_batch(s.logps) if decoder.has_lm else [None] * len(s.logps)

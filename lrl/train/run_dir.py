@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from lrl.core import locks
@@ -88,7 +88,8 @@ def run_lock(out: str | Path, command: str) -> Iterator[None]:
         except BaseException:
             if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
                 path.unlink(missing_ok=True)
-                out.rmdir()
+                with suppress(OSError):  # a new run on the same OUT may have just created its lock there
+                    out.rmdir()
             raise
 
 
