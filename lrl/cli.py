@@ -41,7 +41,7 @@ from lrl.evaluate.scoring import evaluate as _evaluate
 from lrl.evaluate.select import SELECTION_FILE, GroupBy, SelectConfig
 from lrl.evaluate.transcribe import TranscribeConfig, TranscribeFailure
 from lrl.evaluate.transcribe import iter_transcripts as _iter_transcripts
-from lrl.evaluate.tuning import TuneConfig
+from lrl.evaluate.tuning import Metric, TuneConfig
 from lrl.evaluate.tuning import tune as _tune
 from lrl.models.checkpoints import TinySize
 from lrl.models.checkpoints import init_tiny as _init_tiny
@@ -166,6 +166,7 @@ TinySizeOpt = _choices("TinySizeOpt", TinySize)
 LMBinaryOpt = _choices("LMBinaryOpt", BinaryType)
 LMOOVOpt = _choices("LMOOVOpt", LMOOVPolicy)
 ConfidenceOpt = _choices("ConfidenceOpt", (*get_args(Confidence), AUTO))
+MetricOpt = _choices("MetricOpt", Metric)
 LMUnitOpt = _choices("LMUnitOpt", LMUnit)
 FreshOpt = _choices("FreshOpt", FreshSize)
 DemoStartOpt = _choices("DemoStartOpt", DemoStart)
@@ -648,14 +649,15 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
 def lm_tune(
     model: Annotated[Path, typer.Argument(help="Model directory (Wav2Vec2ForCTC + processor + normalizer.json).", exists=True, file_okay=False)],
     data: Annotated[Path, typer.Argument(help="Prepared dataset directory (`lrl data prepare`).", exists=True, file_okay=False)],
-    lm: Annotated[list[Path] | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model). Repeat it to compare LMs (word vs char): the best dev WER wins.", exists=True)] = None,
+    lm: Annotated[list[Path] | None, typer.Option("--lm", help="LM from `lrl lm build` (default: MODEL/language_model). Repeat it to compare LMs (word vs char): the best dev score (--metric) wins.", exists=True)] = None,
     split: Annotated[str, typer.Option(help="Split to tune on (never test).")] = _TUNE["split"],
+    metric: Annotated[MetricOpt, typer.Option(help="What the search minimises: wer, or cer for scripts written without spaces between words (Thai, Chinese, Japanese...) and for transcripts that become training targets (`lrl pseudo-label`).")] = MetricOpt(TuneConfig.metric),
     alphas: Annotated[str, typer.Option(help="Coarse grid of alpha (LM weight), comma-separated.")] = _csv(TuneConfig.alphas),
     betas: Annotated[str, typer.Option(help="Coarse grid of beta (word insertion bonus), comma-separated.")] = _csv(TuneConfig.betas),
     refine: Annotated[bool, typer.Option(help="Refine around the best point at half steps.")] = TuneConfig.refine,
     refine_rounds: Annotated[int, typer.Option(help="Refinement rounds, each at half the previous step (0 = auto: 3 with the C++ backend, 1 with pyctcdecode).", min=0)] = TuneConfig.refine_rounds,
     grid_beam: Annotated[int, typer.Option(help="Beam width during the grid search.", min=1)] = TuneConfig.grid_beam,
-    beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best WER wins.")] = _csv(TuneConfig.beam_widths),
+    beam_widths: Annotated[str, typer.Option(help="Beam widths tried at the best (alpha, beta); the smallest with the best score wins.")] = _csv(TuneConfig.beam_widths),
     workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).", min=0)] = TuneConfig.workers,
     install: Annotated[bool, typer.Option(help="Copy the LM into MODEL/language_model with the tuned attrs.json (HF-loadable).")] = _TUNE["install"],
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Also load pickle (.bin) weights: only from sources you trust.")] = _TUNE["allow_pickle"],
@@ -663,16 +665,19 @@ def lm_tune(
     """Tune alpha/beta (and beam width) on cached dev log-probs; write MODEL/decoder.json and a heatmap."""
     cfg = TuneConfig(
         alphas=_floats(alphas, "--alphas"), betas=_floats(betas, "--betas"), refine=refine, refine_rounds=refine_rounds, grid_beam=grid_beam,
-        beam_widths=tuple(int(b) for b in _floats(beam_widths, "--beam-widths")), workers=workers,
+        beam_widths=tuple(int(b) for b in _floats(beam_widths, "--beam-widths")), workers=workers, metric=metric.value,
     )
     r, out = _tune(model, data, lm=lm or None, split=split, config=cfg, install=install, allow_pickle=allow_pickle)
     b = r.best
     d = r.default
     if lm and len(lm) > 1:
         typer.echo(f"best of {len(lm)} LMs: {r.lm} ({r.backend}); all in {out}/lms.tsv")
-    typer.echo(f"{split} WER: greedy {r.greedy_wer:.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.wer:.2%} | "
-               f"tuned alpha={b.alpha:g} beta={b.beta:g} beam={b.beam_width} {b.wer:.2%} (CER {b.cer:.2%})")
-    typer.echo("beams: " + ", ".join(f"{p.beam_width}: {p.wer:.2%} in {p.seconds:.1f}s" for p in r.beams))
+    m, other = r.metric, "cer" if r.metric == "wer" else "wer"
+    greedy = r.greedy_wer if m == "wer" else r.greedy_cer
+    typer.echo(f"{split} {m.upper()}: greedy {greedy:.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.score(m):.2%} | "
+               f"tuned alpha={b.alpha:g} beta={b.beta:g} beam={b.beam_width} {b.score(m):.2%} "
+               f"({other.upper()} {b.score(other):.2%})")
+    typer.echo("beams: " + ", ".join(f"{p.beam_width}: {p.score(m):.2%} in {p.seconds:.1f}s" for p in r.beams))
     typer.echo(f"wrote {model / 'decoder.json'}; grid and heatmap: {out}/grid.tsv {out}/heatmap.png")
 
 

@@ -16,7 +16,7 @@ from lrl.decode.decoder import CTCDecoder, DecoderConfig
 from lrl.evaluate.inference import chunked_log_probs, split_log_probs
 from lrl.evaluate.scoring import EvaluateConfig, evaluate, score
 from lrl.evaluate.transcribe import TranscribeConfig
-from lrl.evaluate.tuning import TuneConfig, plot_heatmap, tune, tune_grid
+from lrl.evaluate.tuning import TuneConfig, TunePoint, _best, plot_heatmap, tune, tune_grid
 
 TINY_ARPA = Path(__file__).parent / "data" / "tiny.arpa"
 SENTENCES = ["the cat sat", "the bat sat", "sat the cat"]
@@ -96,6 +96,7 @@ def tiny_data(tmp_path, cat_vocab, rng):
         (TuneConfig, dict(beam_widths=(0,)), "beam_widths must be >= 1"),
         (TuneConfig, dict(beam_tolerance=-0.1), "beam_tolerance must be >= 0"),
         (TuneConfig, dict(workers=-2), "workers must be >= 0"),
+        (TuneConfig, dict(metric="bleu"), "metric must be one of"),
         (TranscribeConfig, dict(chunk_seconds=0), "chunk_seconds must be > 0"),
         (EvaluateConfig, dict(chunk_seconds=4, stride_seconds=2), r"stride_seconds must be in \[0, chunk_seconds/2"),
         (TranscribeConfig, dict(chunk_seconds=10, stride_seconds=5), r"stride_seconds must be in \[0, chunk_seconds/2"),
@@ -136,6 +137,14 @@ def test_tuning_beats_pyctcdecode_defaults_on_a_dev_set_built_for_it(cat_vocab, 
     serial = tune_grid(CTCDecoder.from_vocab(cat_vocab, TINY_ARPA), logps, refs,
                        TuneConfig(alphas=cfg.alphas, betas=cfg.betas, beam_widths=cfg.beam_widths, workers=1))
     assert [p.wer for p in serial.coarse] == [p.wer for p in r.coarse]
+
+
+def test_tuning_for_cer_minimises_cer():
+    """The metric decides which point wins; the other one only breaks ties."""
+    a = TunePoint(0.5, 1.0, 32, wer=0.20, cer=0.10, seconds=0.0)  # fewer word errors
+    b = TunePoint(1.5, 0.0, 32, wer=0.30, cer=0.05, seconds=0.0)  # fewer character errors
+    c = TunePoint(2.0, 0.0, 32, wer=0.25, cer=0.05, seconds=0.0)  # b's CER, fewer word errors
+    assert _best([a, b], "wer") is a and _best([a, b], "cer") is b and _best([a, b, c], "cer") is c
 
 
 def test_tune_needs_an_lm(cat_vocab):
@@ -305,6 +314,17 @@ def test_cli_tune_writes_decoder_config_heatmap_and_hf_loadable_lm(tiny_model, t
     # evaluate now finds the installed LM and its tuned settings on its own
     res = evaluate(tiny_model, tiny_data, EvaluateConfig(split="dev"))
     assert res.cached and res.decoder["alpha"] == dj["alpha"] and res.decoder["beam_width"] == dj["beam_width"]
+    out = cli("lm", "tune", tiny_model, tiny_data, "--lm", TINY_ARPA, "--alphas", "0,1,2", "--betas", "0,1",
+              "--no-refine", "--beam-widths", "8,16", "--workers", "2", "--metric", "cer")
+    assert out.exit_code == 0, out.output
+    assert "dev CER: greedy" in out.output
+    dj = json.loads((tiny_model / "decoder.json").read_text())
+    assert dj["tuned_for"] == "cer" and set(dj["dev_cer"]) == {"greedy", "defaults_0.5_1.5", "tuned"}
+    rows = [ln.split("\t") for ln in (tiny_model / "tune-dev" / "grid.tsv").read_text().splitlines()[1:]]
+    coarse = {(float(r[1]), float(r[2])): float(r[5]) for r in rows if r[0] == "coarse"}
+    assert coarse[(dj["alpha"], dj["beta"])] == min(coarse.values())  # the grid's lowest CER (at the grid beam)
+    beams = [float(r[5]) for r in rows if r[0] == "beam"]
+    assert dj["dev_cer"]["tuned"] == pytest.approx(min(beams), abs=1e-6)  # then the beam with the lowest CER
 
 
 # -- transcription ------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Tuning the LM weights on cached dev log-probs: `tune_grid` searches (alpha, beta) on a coarse grid, refines
 around the best point in rounds of halving steps (more rounds when the C++ backend makes points cheap) and
-then picks the beam width, in parallel over the decoder's process pool; `plot_heatmap` draws WER over the
-grid; `tune` runs both on a split for one LM or several (word vs char: the best dev WER wins) and writes
-MODEL/decoder.json (and installs the tuned LM into the model directory).
+then picks the beam width, in parallel over the decoder's process pool; `plot_heatmap` draws the tuned
+metric over the grid; `tune` runs both on a split for one LM or several (word vs char: the best dev score
+wins) and writes MODEL/decoder.json (and installs the tuned LM into the model directory). The metric is WER,
+or CER (`metric="cer"`) where words are not what counts: scripts written without spaces between words (Thai,
+Lao, Khmer, Burmese, Chinese, Japanese), and transcripts that become CTC training targets (pseudo-labels).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -18,6 +21,9 @@ from lrl.core.io import LrlError, atomic_write_text
 from lrl.decode.constants import DEFAULT_ALPHA, DEFAULT_BETA
 from lrl.evaluate.inference import load_decoder, split_log_probs, warn_if_flat
 from lrl.evaluate.scoring import EvaluateConfig, score
+
+Metric = Literal["wer", "cer"]
+METRICS: tuple[Metric, ...] = get_args(Metric)
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,10 @@ class TuneConfig:
     # 1 with pyctcdecode
     grid_beam: int = 32  # beam width during the grid search (the LM weights matter more than the beam)
     beam_widths: tuple[int, ...] = (16, 32, 64, 100)  # tried at the best (alpha, beta); the smallest
-    # within `beam_tolerance` of the best WER wins
-    beam_tolerance: float = 0.0  # absolute WER a smaller beam may lose and still be chosen
+    # within `beam_tolerance` of the best score wins
+    beam_tolerance: float = 0.0  # absolute WER (CER) a smaller beam may lose and still be chosen
     workers: int = 0  # processes (each inherits the loaded LM); 0 = all cores
+    metric: Metric = "wer"  # what the search minimises (the other one breaks ties)
 
     def __post_init__(self) -> None:
         if not self.alphas or not self.betas:
@@ -49,6 +56,8 @@ class TuneConfig:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
         if self.refine_rounds < 0:
             raise ValueError(f"refine_rounds must be >= 0 (0 = auto), got {self.refine_rounds}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
 
 
 AUTO_ROUNDS_FAST = 3  # refinement rounds with the C++ backend: 1 + 3x8 points more than the pyctcdecode search
@@ -63,6 +72,9 @@ class TunePoint:
     cer: float
     seconds: float  # decoding wall time of the whole dev set at this point
 
+    def score(self, metric: Metric) -> float:
+        return self.wer if metric == "wer" else self.cer
+
 
 @dataclass
 class TuneResult:
@@ -75,13 +87,15 @@ class TuneResult:
     lm: str = ""  # the LM tuned (its path)
     backend: str = ""  # the beam search that decoded it ("flashlight" or "pyctcdecode")
     seconds: float = 0.0  # wall time of the whole search
+    greedy_cer: float = float("nan")
+    metric: Metric = "wer"  # what `best` minimises
 
     def grid(self, points: list[TunePoint]) -> tuple[list[float], list[float], np.ndarray]:
         alphas = sorted({p.alpha for p in points})
         betas = sorted({p.beta for p in points})
         m = np.full((len(betas), len(alphas)), np.nan)
         for p in points:
-            m[betas.index(p.beta), alphas.index(p.alpha)] = p.wer
+            m[betas.index(p.beta), alphas.index(p.alpha)] = p.score(self.metric)
         return alphas, betas, m
 
 
@@ -100,8 +114,10 @@ def _tune_point(args: tuple) -> TunePoint:
     return TunePoint(float(params[0]), float(params[1]), int(params[4]), s.wer, s.cer, time.perf_counter() - t0)
 
 
-def _best(points: list[TunePoint]) -> TunePoint:
-    return min(points, key=lambda p: (round(p.wer, 9), round(p.cer, 9), abs(p.alpha - 0.5) + abs(p.beta - 1.5)))
+def _best(points: list[TunePoint], metric: Metric = "wer") -> TunePoint:
+    other: Metric = "cer" if metric == "wer" else "wer"
+    return min(points, key=lambda p: (round(p.score(metric), 9), round(p.score(other), 9),
+                                      abs(p.alpha - 0.5) + abs(p.beta - 1.5)))
 
 
 def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneConfig | None = None,
@@ -122,7 +138,7 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
     data_key = os.urandom(8).hex()
     _TUNE_DATA[data_key] = ([decoder._prepare(lp, base) for lp in logps], list(refs), norm)
     try:
-        greedy = score(list(refs), [norm(decoder.greedy(lp).text) or "" for lp in logps]).wer
+        greedy = score(list(refs), [norm(decoder.greedy(lp).text) or "" for lp in logps])
 
         def run(points: list[tuple[float, float, int]]) -> list[TunePoint]:
             tasks = [(key, data_key, decoder._params(replace(base, alpha=float(a), beta=float(b), beam_width=w)))
@@ -135,7 +151,7 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
         done = run(todo)
         coarse = done[: len(coarse_pts)]
         default = next(p for p in done if (p.alpha, p.beta) == (DEFAULT_ALPHA, DEFAULT_BETA))
-        best = _best(coarse)
+        best = _best(coarse, config.metric)
         fine: list[TunePoint] = []
         rounds = (config.refine_rounds or (AUTO_ROUNDS_FAST if decoder.backend == "flashlight" else 1)) if config.refine else 0
         da, db = _step(config.alphas), _step(config.betas)
@@ -146,12 +162,13 @@ def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneCon
             done_at = {(p.alpha, p.beta): p for p in coarse + fine}
             fine += run([p for p in pts if (p[0], p[1]) not in done_at])
             fine += [done_at[(a, b)] for a, b, _ in pts if (a, b) in done_at and done_at[(a, b)] not in fine]
-            best = _best(coarse + fine)
+            best = _best(coarse + fine, config.metric)
         beams = run([(best.alpha, best.beta, w) for w in sorted(set(config.beam_widths))])
-        top = min(p.wer for p in beams)
-        chosen = min((p for p in beams if p.wer <= top + config.beam_tolerance), key=lambda p: p.beam_width)
-        return TuneResult(greedy, default, coarse, fine, beams, chosen, str(decoder.lm_path), decoder.backend,
-                          time.perf_counter() - t0)
+        top = min(p.score(config.metric) for p in beams)
+        chosen = min((p for p in beams if p.score(config.metric) <= top + config.beam_tolerance),
+                     key=lambda p: p.beam_width)
+        return TuneResult(greedy.wer, default, coarse, fine, beams, chosen, str(decoder.lm_path), decoder.backend,
+                          time.perf_counter() - t0, greedy_cer=greedy.cer, metric=config.metric)
     finally:
         _TUNE_DATA.pop(data_key, None)
         decoder.close()
@@ -163,7 +180,8 @@ def _step(values: tuple[float, ...]) -> float:
 
 
 def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
-    """WER over (alpha, beta): the coarse grid, and the refined grid beside it; the best point starred."""
+    """The tuned metric (WER or CER) over (alpha, beta): the coarse grid, and the refined grid beside it; the
+    best point starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +189,10 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
 
     panels = [("coarse grid", result.coarse)] + ([("refined grid", result.fine)] if result.fine else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5), squeeze=False)
-    vmin = min(p.wer for _, pts in panels for p in pts)
-    vmax = max(p.wer for _, pts in panels for p in pts)
+    metric = result.metric
+    name_m = metric.upper()
+    vmin = min(p.score(metric) for _, pts in panels for p in pts)
+    vmax = max(p.score(metric) for _, pts in panels for p in pts)
     for ax, (name, pts) in zip(axes[0], panels, strict=True):
         alphas, betas, m = result.grid(pts)
         im = ax.imshow(m * 100, origin="lower", cmap="viridis_r", aspect="auto", vmin=vmin * 100, vmax=vmax * 100)
@@ -180,7 +200,7 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
         ax.set_yticks(range(len(betas)), [f"{b:g}" for b in betas])
         ax.set_xlabel("alpha (LM weight)")
         ax.set_ylabel("beta (word insertion bonus)")
-        ax.set_title(f"dev WER %, {name} (beam {pts[0].beam_width})")
+        ax.set_title(f"dev {name_m} %, {name} (beam {pts[0].beam_width})")
         for (r, c), v in np.ndenumerate(m):
             if np.isfinite(v):
                 ax.text(c, r, f"{v * 100:.1f}", ha="center", va="center", fontsize=8,
@@ -194,9 +214,11 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
                                    label=f"best: alpha={b.alpha:g}, beta={b.beta:g}"))
             ax.plot(c + 0.32, r + 0.3, marker="*", color="red", markersize=12, markeredgecolor="white")
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
-        fig.colorbar(im, ax=ax, label="WER %")
-    fig.suptitle(title or (f"greedy {result.greedy_wer:.1%} | defaults ({DEFAULT_ALPHA:g}, {DEFAULT_BETA:g}) {result.default.wer:.1%} | "
-                           f"best {result.best.wer:.1%} at alpha={result.best.alpha:g}, beta={result.best.beta:g}, "
+        fig.colorbar(im, ax=ax, label=f"{name_m} %")
+    greedy = result.greedy_wer if metric == "wer" else result.greedy_cer
+    fig.suptitle(title or (f"{name_m}: greedy {greedy:.1%} | defaults ({DEFAULT_ALPHA:g}, {DEFAULT_BETA:g}) "
+                           f"{result.default.score(metric):.1%} | best {result.best.score(metric):.1%} at "
+                           f"alpha={result.best.alpha:g}, beta={result.best.beta:g}, "
                            f"beam {result.best.beam_width}"), fontsize=10)
     fig.tight_layout()
     path = Path(path)
@@ -214,8 +236,8 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | Sequence[
     MODEL/language_model/ with the tuned attrs.json (+ MODEL/alphabet.json) so Wav2Vec2ProcessorWithLM and
     `lrl evaluate` use it. decoder.json records the LM's identity (`lm_identity`): another LM does not get
     these values. `allow_pickle` also loads pickle weights (only from sources you trust). Several `lm`s (e.g. a
-    word and a character LM from the same text) are each tuned and the lowest dev WER (then CER) wins; all are
-    listed in MODEL/tune-<split>/lms.tsv and decoder.json's `lm_candidates`."""
+    word and a character LM from the same text) are each tuned and the lowest dev `config.metric` (then the
+    other) wins; all are listed in MODEL/tune-<split>/lms.tsv and decoder.json's `lm_candidates`."""
     from lrl.core.text import Normalizer
     from lrl.data.shards import refuse_shard
     from lrl.data.vocab import Vocab
@@ -238,7 +260,9 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | Sequence[
         decoder = load_decoder(model_dir, lm=one, workers=config.workers)
         results.append((tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep],
                                   config, norm), decoder))
-    result, decoder = min(results, key=lambda rd: (round(rd[0].best.wer, 9), round(rd[0].best.cer, 9)))
+    other: Metric = "cer" if config.metric == "wer" else "wer"
+    result, decoder = min(results, key=lambda rd: (round(rd[0].best.score(config.metric), 9),
+                                                   round(rd[0].best.score(other), 9)))
     lm_source = decoder.lm_path
     out = model_dir / f"tune-{split}"
     candidates = [{"lm": r.lm, "backend": r.backend, "alpha": r.best.alpha, "beta": r.best.beta,
@@ -264,8 +288,10 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | Sequence[
     write_decoder_json(
         model_dir, cfg, lm=lm_record, lm_source=str(lm_source), lm_identity=lm_identity(lm_source),
         tuned_on=f"{data_dir}:{split}", n_utterances=len(keep),
+        tuned_for=config.metric,
         dev_wer={"greedy": result.greedy_wer, "defaults_0.5_1.5": result.default.wer, "tuned": b.wer},
-        dev_cer_tuned=b.cer, tuned_backend=result.backend,
+        dev_cer={"greedy": result.greedy_cer, "defaults_0.5_1.5": result.default.cer, "tuned": b.cer},
+        tuned_backend=result.backend,
         **({"lm_candidates": candidates} if len(results) > 1 else {}),
     )
     return result, out
