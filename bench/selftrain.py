@@ -106,8 +106,11 @@ def extra_used(model: Path) -> dict:
 SHARES = (0.1, 0.2, 0.3, 0.5, 1.0)  # the true CER of the top share by each confidence: how good can a kept set be
 
 
+PSEUDO_OPTS: list = []  # --confidence (auto: with --rank-on L, measured on its dev split)
+
+
 def pseudo(model: Path, unl: Path, out: Path, hidden: dict, keep_share: float) -> dict:
-    t = run([*LRL, "pseudo-label", model, unl, "--out", out, "--keep-share", keep_share, "--overwrite"],
+    t = run([*LRL, "pseudo-label", model, unl, "--out", out, "--keep-share", keep_share, "--overwrite", *PSEUDO_OPTS],
             out.parent / f"{out.name}.log")
     return pseudo_stats(out, hidden, t)
 
@@ -145,6 +148,10 @@ def main() -> None:
     ap.add_argument("--no-lm", action="store_true", help="greedy pseudo-labels and test scores only")
     ap.add_argument("--lm-unit", choices=("word", "char"), default="word",
                     help="the LM pseudo-labels are decoded (and test scored) with: word 3-gram or char 6-gram")
+    ap.add_argument("--tune-metric", choices=("wer", "cer"), default="wer",
+                    help="what `lm tune` minimises on dev for every model (the LM that decodes pseudo-labels and test)")
+    ap.add_argument("--confidence", default="token_posterior",
+                    help="pseudo-label --confidence (auto: picked by measurement on L's dev split, --rank-on)")
     ap.add_argument("--report", action="store_true", help="train nothing: rescore the pseudo-label dirs, rewrite the table")
     ap.add_argument("--tag", default="", help="a separate work dir and RESULTS.md section (selftrain-TAG)")
     ap.add_argument("--smoke", action="store_true", help="8 updates per arm: checks the pipeline, measures nothing")
@@ -176,6 +183,12 @@ def main() -> None:
     state = json.loads(state_f.read_text()) if state_f.is_file() else {}
     settings = {"updates": n, "keep_share": args.keep_share, "extra_weight": args.extra_weight, "lm": lm is not None,
                 "lm_unit": args.lm_unit}
+    if args.tune_metric != "wer":
+        settings["tune_metric"] = args.tune_metric
+        TUNE_GRID.extend(["--metric", args.tune_metric])
+    if args.confidence != "token_posterior":
+        settings["confidence"] = args.confidence
+        PSEUDO_OPTS.extend(["--confidence", args.confidence] + (["--rank-on", lab] if args.confidence == "auto" else []))
     if state.get("settings") != settings:  # arms run with other settings are not comparable: start over
         state = {"settings": settings}
 
@@ -237,12 +250,15 @@ def write_table(state: dict, args) -> None:
     names = {"a": "a: labelled only", "b": "b: one round", "c": "c: two rounds",
              "k": "k: oracle, b's kept clips with true text", "o": "o: oracle, all of U with true text"}
     unit = "char 6-gram" if s.get("lm_unit") == "char" else "word 3-gram"
-    lm_note = (f"pseudo-labels decoded with the dev-tuned {unit} (C++ backend); test scored greedy and with that LM"
-               if s.get("lm") else "pseudo-labels greedy; test scored greedy only")
+    lm_note = (f"pseudo-labels decoded with the {unit} tuned on dev for {s.get('tune_metric', 'wer').upper()} (C++ "
+               "backend); test scored greedy and with that LM" if s.get("lm") else
+               "pseudo-labels greedy; test scored greedy only")
     lines = [f"yo-cv, labels of 25% of train kept (L), the other 75% untranscribed (U, labels hidden, used only "
              f"for the true-CER columns). Start xl-tiny (--init-head-from xl-tiny), recipe small-start, **{s['updates']} "
              "updates per arm in total** (a small budget: 2 shared CPU cores), pseudo-labels kept: top "
-             f"{s['keep_share']:.0%} by confidence, --extra-weight {s['extra_weight']:g}; {lm_note}.", "",
+             f"{s['keep_share']:.0%} by confidence ({s.get('confidence', 'token_posterior')}"
+             + (", picked on L's dev split" if s.get("confidence") == "auto" else "")
+             + f"), --extra-weight {s['extra_weight']:g}; {lm_note}.", "",
              "| arm | test CER greedy | test WER greedy | test CER LM | test WER LM | pseudo kept per round (of U) "
              "| their true CER | train wall s | pseudo-label wall s |",
              "|---|---:|---:|---:|---:|---|---|---:|---:|"]
@@ -317,6 +333,8 @@ def command(state: dict, args) -> str:
     return (f"python bench/selftrain.py --updates {s['updates']} --keep-share {s['keep_share']:g} "
             f"--extra-weight {s['extra_weight']:g} --arms {arms}"
             + ("" if s.get("lm") else " --no-lm") + (" --lm-unit char" if s.get("lm_unit") == "char" else "")
+            + (f" --tune-metric {s['tune_metric']}" if "tune_metric" in s else "")
+            + (f" --confidence {s['confidence']}" if "confidence" in s else "")
             + (f" --tag {args.tag}" if args.tag else "")
             + (" (pseudo-label columns rescored with --report)" if args.report else ""))
 
