@@ -99,6 +99,16 @@ def test_best_confidence_is_the_one_that_ranks_planted_errors(vocab, rng):
     assert best_confidence({c: 0.5 for c in CONFIDENCES}) is None  # rising with CER ranks nothing
 
 
+def test_lm_tuned_for_reads_what_lm_tune_recorded(tmp_path):
+    from lrl.evaluate.pseudo import _lm_tuned_for
+
+    assert _lm_tuned_for(tmp_path) is None  # no decoder.json: untuned
+    for saved, want in (({"alpha": 0.5}, None), ({"dev_wer": {"tuned": 0.3}}, "wer"),  # tuned before --metric
+                        ({"dev_wer": {}, "tuned_for": "cer"}, "cer")):
+        (tmp_path / "decoder.json").write_text(json.dumps(saved))
+        assert _lm_tuned_for(tmp_path) == want, saved
+
+
 def test_segment_cuts_long_audio_at_quiet_points(rng):
     sr = 16000
     loud = lambda s: rng.normal(0, 0.3, int(s * sr)).astype(np.float32)  # noqa: E731

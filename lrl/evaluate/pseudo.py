@@ -184,6 +184,12 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
     am = AcousticModel(model_dir, allow_pickle=config.allow_pickle)
     decoder = load_decoder(model_dir, use_lm=config.use_lm)
     vocab = Vocab.load(model_dir)
+    lm_tuned_for = _lm_tuned_for(model_dir) if decoder.has_lm else None
+    if decoder.has_lm and lm_tuned_for != "cer":
+        logger.warning("the LM's weights were tuned for %s, not CER: pseudo-labels become character targets, and "
+                       "on yo-cv a CER-tuned LM gave 8-11%% lower test CER than a WER-tuned one (bench/RESULTS.md "
+                       "tune_metric): consider `lrl lm tune %s DATA --metric cer` first",
+                       lm_tuned_for.upper() if lm_tuned_for else "nothing recorded", model_dir)
     dropped: list[dict] = []
     utts: list[_Utt] = []
     rows: list[dict] = []
@@ -208,6 +214,7 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
     _write_dataset(tmp, kept, config)
     vocab.save(tmp / "vocab")
     report = _report(model_dir, inputs, config, decoder.has_lm, utts, rows, dropped)
+    report["lm_tuned_for"] = lm_tuned_for
     if ranking is not None:
         report["confidence_ranking"] = ranking
     _write_report(tmp, report, utts, rows, dropped)
@@ -215,6 +222,14 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
         shutil.rmtree(out)
     tmp.rename(out)
     return report
+
+
+def _lm_tuned_for(model_dir: str | Path) -> str | None:
+    """What `lrl lm tune` minimised for this model's LM weights ("wer" before --metric existed), None untuned."""
+    from lrl.decode.decoder import read_decoder_json
+
+    saved = read_decoder_json(model_dir)
+    return saved.get("tuned_for", "wer" if "dev_wer" in saved else None) if saved else None
 
 
 def rank_confidences(model_dir: str | Path, config: PseudoLabelConfig) -> dict:
@@ -312,6 +327,9 @@ def _write_report(directory: Path, report: dict, utts, rows, dropped) -> None:
              f"{'none' if report['config']['min_confidence'] is None else format(report['config']['min_confidence'], 'g')}",
              f"- utterances in: {report['utterances_in']}; scored: {report['scored']}; kept: {report['kept']} "
              f"({report['kept_hours']:.3f} h)", "", "| dropped because | utterances |", "|---|---:|"]
+    if report.get("lm_tuned_for") not in (None, "cer"):
+        lines.insert(3, f"- the LM's weights were tuned for {report['lm_tuned_for'].upper()}: for character targets "
+                        "`lrl lm tune --metric cer` decodes with fewer character errors")
     lines += [f"| {k} | {v} |" for k, v in report["dropped"].items()] or ["| (none) | 0 |"]
     if rk := report.get("confidence_ranking"):
         lines += ["", f"Confidence ranking on {rk['data']} [{rk['split']}] ({rk['utterances']} utterances, "
