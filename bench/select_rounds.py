@@ -132,7 +132,17 @@ def main() -> None:
     from _results import update_section
 
     update_section("select_rounds", "\n".join(rows) + f"\n\nselect beat random in {better} of {args.rounds} rounds "
-                   f"({args.updates} updates per model). ![rounds](select_rounds.png)")
+                   f"({args.updates} updates per model).{reading(cer, hours, args.updates)} ![rounds](select_rounds.png)")
+
+
+def reading(cer: dict[str, list[float]], hours: list[float], updates: int) -> str:
+    """A run where more labelled hours lowered neither arm's CER cannot rank the two rules: say so."""
+    if max(ys[0] - ys[-1] for ys in cer.values()) >= 0.01:
+        return ""
+    return (f" More labelled hours did not lower test CER in either arm ({hours[0]:.2f} h -> {hours[-1]:.2f} h: select "
+            f"{cer['select'][0]:.1%} -> {cer['select'][-1]:.1%}, random {cer['random'][0]:.1%} -> "
+            f"{cer['random'][-1]:.1%}): at {updates} updates per model the models are limited by updates, not data, "
+            "so this run cannot rank the two rules; rerun with more --updates.")
 
 
 if __name__ == "__main__":
