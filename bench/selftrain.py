@@ -298,24 +298,29 @@ def write_table(state: dict, args) -> None:
         best = min(rel, key=rel.get)
         verdict = "meets" if rel[best] <= -0.10 else "misses"
         lines += ["", "Finding: test CER (greedy) relative to labelled only: "
-                  + ", ".join(f"{names[k]} {v:+.0%}" for k, v in rel.items())
+                  + ", ".join(f"{names[k]} {v:+.1%}" for k, v in rel.items())
                   + f"; the best arm {verdict} the target (-10% or better)."]
         if all(state[k]["test"].get("lm") for k in ("a", *rel)):
             cl = state["a"]["test"]["lm"]["cer"]
             lines[-1] += " With the LM: " + ", ".join(
-                f"{names[k]} {state[k]['test']['lm']['cer'] / cl - 1:+.0%}" for k in rel) + "."
+                f"{names[k]} {state[k]['test']['lm']['cer'] / cl - 1:+.1%}" for k in rel) + "."
         if oracle:
             lines.append("Oracles (U's hidden labels; bounds, not a method), test CER greedy relative to labelled only: "
-                         + ", ".join(f"{names[k]} {v:+.0%}" for k, v in oracle.items()) + ".")
+                         + ", ".join(f"{names[k]} {v:+.1%}" for k, v in oracle.items()) + ".")
     if "a" in state and "r0" in state and state["r0"]["pseudo"].get("top_true_cer"):
         best_c, best_v = min(((c, v["0.1"]) for c, v in state["r0"]["pseudo"]["top_true_cer"].items()), key=lambda cv: cv[1])
         ca = state["a"]["test"]["greedy"]["cer"]
         kept = state["r0"]["pseudo"]["kept_true_cer"]
-        lines.append(f"Why: the most confident 10% of U (by {best_c}, the best ranking) carries a true CER of "
-                     f"{best_v:.1%} and the share kept {kept:.1%}, against {ca:.1%} test CER for the labelled-only "
-                     "model: pseudo-labels about as wrong as what arm a learns from L alone add noise rather than "
-                     "signal. Self-training needs a round-0 model (with its LM) whose kept transcripts are clearly "
-                     "better than that.")
+        why = (f"Reading: the kept pseudo-labels carry a true CER of {kept:.1%} (the most confident 10% of U, by "
+               f"{best_c}, the best ranking: {best_v:.1%}), against {ca:.1%} test CER for the labelled-only model")
+        if "k" in state and "b" in state:
+            why += (f"; the same clips with their true text (k) reach {state['k']['test']['greedy']['cer']:.1%} and b "
+                    f"{state['b']['test']['greedy']['cer']:.1%}: the gap between them is what the pseudo-labels' "
+                    "errors cost")
+        if "o" in state:
+            why += (f"; all of U with its true text (o), the most this audio could give at this budget, reaches "
+                    f"{state['o']['test']['greedy']['cer']:.1%}")
+        lines.append(why + ".")
     if args.smoke:  # a smoke run checks the pipeline: it measures nothing, so RESULTS.md is left alone
         print("\n".join(lines))
         return
