@@ -20,6 +20,9 @@ CONFIDENCES: tuple[Confidence, ...] = get_args(Confidence)
 #   greedy, 200 updates:               token_posterior -0.39, posterior +0.10 (blank frames swamp it), beam +0.08
 #   word 3-gram, 500 updates:          token_posterior -0.34, agreement -0.32, posterior +0.11, beam +0.10
 #   word 3-gram / char 6-gram, 1500:   token_posterior -0.36 / -0.42, agreement -0.50 / -0.58
+#   char 6-gram again (oracle run):    token_posterior -0.42, agreement -0.51, posterior +0.09, beam +0.05
+# Which one ranks best depends on the model and its LM: `lrl pseudo-label --confidence auto --rank-on DATA`
+# measures it on the user's labelled data (lrl.evaluate.pseudo.rank_confidences) and keeps by the best.
 # token_posterior works with or without an LM; with an LM and a stronger model `agreement` (greedy vs LM output)
 # ranked better, but it is coarse (every utterance whose two outputs agree ties at 1.0). bench/RESULTS.md `selftrain`.
 DEFAULT_CONFIDENCE: Confidence = "token_posterior"
