@@ -133,7 +133,9 @@ def pseudo_stats(out: Path, hidden: dict, seconds: float) -> dict:
     def top(c: str, share: float) -> list[dict]:
         return sorted(rows, key=lambda r: -float(r[c]))[:max(1, int(share * len(rows)))]
 
+    ranking = rep.get("confidence_ranking") or {}
     return {"seconds": round(seconds, 1), "in": rep["utterances_in"], "kept": rep["kept"], "kept_hours": rep["kept_hours"],
+            "confidence": rep["config"]["confidence"], "dev_spearman": ranking.get("spearman"),
             "kept_true_cer": cer([r for r in rows if r["kept"] == "true"]), "all_true_cer": cer(rows),
             "spearman": {c: spearman([float(r[c]) for r in rows], [r["cer"] for r in rows]) for c in CONFIDENCES},
             "top_true_cer": {c: {str(sh): cer(top(c, sh)) for sh in SHARES} for c in CONFIDENCES}}
@@ -291,6 +293,10 @@ def write_table(state: dict, args) -> None:
                   "|---|---:|" + "---:|" * len(shares)]
         lines += [f"| {c} | {v:+.3f} | " + " | ".join(f"{p['top_true_cer'][c][x]:.1%}" for x in shares) + " |"
                   for c, v in p["spearman"].items()]
+        if p.get("dev_spearman"):  # --confidence auto: what the measurement on L's dev split said and chose
+            lines += ["", f"`--confidence auto` measured on L's dev split ({', '.join(f'{c} {v:+.2f}' for c, v in p['dev_spearman'].items() if v is not None)}) "
+                      f"and kept by **{p['confidence']}**; on U (the table above) the best was "
+                      f"{min(p['spearman'], key=lambda c: p['spearman'][c])}."]
     if "a" in state and ("b" in state or "c" in state):
         ca = state["a"]["test"]["greedy"]["cer"]
         rel = {k: state[k]["test"]["greedy"]["cer"] / ca - 1 for k in "bc" if k in state}

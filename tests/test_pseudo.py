@@ -242,6 +242,14 @@ def test_confidence_auto_keeps_by_the_measured_winner(tiny_data, tiny_model, tmp
     assert r.exit_code == 0, r.output
     rk = json.loads((tmp_path / "given" / "pseudo_report.json").read_text())["confidence_ranking"]
     assert rk["best"] == "beam" and rk["chosen"] == "posterior" and rk["rule"].startswith("given")
+    close = {**planted, "beam": -0.25}  # leads token_posterior by 0.05, under 1/sqrt(40 - 2) = 0.16
+    monkeypatch.setattr(pseudo, "measure_confidences", lambda *a, **k: {
+        "utterances": 40, "decoding": "greedy", "spearman": close, "rows": []})
+    r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "close", "--split", "train",
+            "--min-seconds", "0.1", "--confidence", "auto", "--rank-on", tiny_data)
+    assert r.exit_code == 0, r.output
+    rk = json.loads((tmp_path / "close" / "pseudo_report.json").read_text())["confidence_ranking"]
+    assert rk["best"] == "beam" and rk["chosen"] == PseudoLabelConfig.confidence and "within the noise" in rk["rule"]
     monkeypatch.setattr(pseudo, "measure_confidences", lambda *a, **k: {
         "utterances": 2, "decoding": "greedy", "spearman": planted, "rows": []})
     r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "few", "--confidence", "auto",

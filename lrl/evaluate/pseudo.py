@@ -234,7 +234,10 @@ def _lm_tuned_for(model_dir: str | Path) -> str | None:
 
 def rank_confidences(model_dir: str | Path, config: PseudoLabelConfig) -> dict:
     """Measure every confidence on `config.rank_on` (decoded as the run will decode) and say which one
-    the run keeps by: the given one, or with "auto" the best-ranking (the default when none ranks)."""
+    the run keeps by: the given one, or with "auto" the best-ranking; the default when none ranks, or when the
+    best leads the default by less than 1/sqrt(n-2) of Spearman's rho (a lead that few utterances can't show:
+    on yo-cv's 70 dev clips beam led token_posterior by 0.003, and on the 394 unlabelled clips token_posterior
+    ranked clearly better, -0.39 vs -0.27; bench/RESULTS.md selftrain-cer)."""
     from lrl.data.prepare import load_prepared
     from lrl.evaluate.scoring import EvaluateConfig
 
@@ -248,10 +251,17 @@ def rank_confidences(model_dir: str | Path, config: PseudoLabelConfig) -> dict:
         raise LrlError(f"{config.rank_on} [{config.rank_split}] has {m['utterances']} utterance(s): "
                        "a confidence ranking needs at least 3 (30 or more to be worth much); use a larger split")
     best = best_confidence(m["spearman"])
+    margin = 1 / math.sqrt(m["utterances"] - 2)  # ~ the standard error of a rank correlation over n pairs
+    default_rho = m["spearman"].get(DEFAULT_CONFIDENCE, math.nan)
     if config.confidence != AUTO:
         chosen, rule = config.confidence, "given (--confidence)"
-    elif best is not None:
+    elif best is not None and (best == DEFAULT_CONFIDENCE or not default_rho < 0
+                               or m["spearman"][best] < default_rho - margin):
         chosen, rule = best, "auto: the most negative Spearman correlation with true CER"
+    elif best is not None:  # a lead within the noise of this many utterances: keep the default
+        chosen = DEFAULT_CONFIDENCE
+        rule = (f"auto: {best} led the default by {default_rho - m['spearman'][best]:.3f}, within the noise of "
+                f"{m['utterances']} utterances (1/sqrt(n-2) = {margin:.3f}): the default")
     else:
         chosen, rule = DEFAULT_CONFIDENCE, "auto, but no confidence fell as CER rose: the default"
         logger.warning("no confidence ranked the %d utterances of %s[%s] by CER (Spearman %s): keeping by %s",
