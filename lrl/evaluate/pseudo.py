@@ -186,10 +186,10 @@ def pseudo_label(model_dir: str | Path, inputs: list[str | Path], out: str | Pat
     vocab = Vocab.load(model_dir)
     lm_tuned_for = _lm_tuned_for(model_dir) if decoder.has_lm else None
     if decoder.has_lm and lm_tuned_for != "cer":
-        logger.warning("the LM's weights were tuned for %s, not CER: pseudo-labels become character targets, and "
-                       "on yo-cv a CER-tuned LM gave 8-11%% lower test CER than a WER-tuned one (bench/RESULTS.md "
-                       "tune_metric): consider `lrl lm tune %s DATA --metric cer` first",
-                       lm_tuned_for.upper() if lm_tuned_for else "nothing recorded", model_dir)
+        logger.warning("the LM's weights %s, not for CER: pseudo-labels become character targets, and on yo-cv a "
+                       "CER-tuned LM gave 8-11%% lower test CER than a WER-tuned one (bench/RESULTS.md tune_metric): "
+                       "consider `lrl lm tune %s DATA --metric cer` first",
+                       f"were tuned for {lm_tuned_for.upper()}" if lm_tuned_for else "were not tuned by lrl", model_dir)
     dropped: list[dict] = []
     utts: list[_Utt] = []
     rows: list[dict] = []
