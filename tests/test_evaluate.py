@@ -314,6 +314,13 @@ def test_cli_tune_writes_decoder_config_heatmap_and_hf_loadable_lm(tiny_model, t
     # evaluate now finds the installed LM and its tuned settings on its own
     res = evaluate(tiny_model, tiny_data, EvaluateConfig(split="dev"))
     assert res.cached and res.decoder["alpha"] == dj["alpha"] and res.decoder["beam_width"] == dj["beam_width"]
+    # pseudo-labels decoded with this WER-tuned LM: the report says so and suggests tuning for CER
+    out = cli("pseudo-label", tiny_model, tiny_data, "--split", "dev", "--out", tiny_model.parent / "pseudo",
+              "--min-seconds", "0.1")
+    assert out.exit_code == 0, out.output
+    report = json.loads((tiny_model.parent / "pseudo" / "pseudo_report.json").read_text())
+    assert report["decoding"] == "lm" and report["lm_tuned_for"] == "wer"
+    assert "--metric cer" in (tiny_model.parent / "pseudo" / "pseudo_report.md").read_text()
     out = cli("lm", "tune", tiny_model, tiny_data, "--lm", TINY_ARPA, "--alphas", "0,1,2", "--betas", "0,1",
               "--no-refine", "--beam-widths", "8,16", "--workers", "2", "--metric", "cer")
     assert out.exit_code == 0, out.output
