@@ -41,7 +41,7 @@ from lrl.evaluate.scoring import evaluate as _evaluate
 from lrl.evaluate.select import SELECTION_FILE, GroupBy, SelectConfig
 from lrl.evaluate.transcribe import TranscribeConfig, TranscribeFailure
 from lrl.evaluate.transcribe import iter_transcripts as _iter_transcripts
-from lrl.evaluate.tuning import Metric, TuneConfig
+from lrl.evaluate.tuning import OTHER, Metric, TuneConfig
 from lrl.evaluate.tuning import tune as _tune
 from lrl.models.checkpoints import TinySize
 from lrl.models.checkpoints import init_tiny as _init_tiny
@@ -672,9 +672,8 @@ def lm_tune(
     d = r.default
     if lm and len(lm) > 1:
         typer.echo(f"best of {len(lm)} LMs: {r.lm} ({r.backend}); all in {out}/lms.tsv")
-    m, other = r.metric, "cer" if r.metric == "wer" else "wer"
-    greedy = r.greedy_wer if m == "wer" else r.greedy_cer
-    typer.echo(f"{split} {m.upper()}: greedy {greedy:.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.score(m):.2%} | "
+    m, other = r.metric, OTHER[r.metric]
+    typer.echo(f"{split} {m.upper()}: greedy {r.greedy(m):.2%} | defaults alpha={d.alpha:g} beta={d.beta:g} {d.score(m):.2%} | "
                f"tuned alpha={b.alpha:g} beta={b.beta:g} beam={b.beam_width} {b.score(m):.2%} "
                f"({other.upper()} {b.score(other):.2%})")
     typer.echo("beams: " + ", ".join(f"{p.beam_width}: {p.score(m):.2%} in {p.seconds:.1f}s" for p in r.beams))

@@ -245,8 +245,8 @@ def rank_confidences(model_dir: str | Path, config: PseudoLabelConfig) -> dict:
     if config.rank_split not in dd:
         raise LrlError(f"{config.rank_on} has no split {config.rank_split!r} (it has {sorted(dd)}): choose one with "
                        "--rank-split")
-    m = measure_confidences(model_dir, config.rank_on, use_lm=config.use_lm, config=EvaluateConfig(
-        split=config.rank_split, batch_seconds=config.batch_seconds, allow_pickle=config.allow_pickle))
+    m = measure_confidences(model_dir, config.rank_on, EvaluateConfig(
+        split=config.rank_split, batch_seconds=config.batch_seconds, allow_pickle=config.allow_pickle), config.use_lm)
     if m["utterances"] < 3:
         raise LrlError(f"{config.rank_on} [{config.rank_split}] has {m['utterances']} utterance(s): "
                        "a confidence ranking needs at least 3 (30 or more to be worth much); use a larger split")
@@ -335,11 +335,11 @@ def _write_report(directory: Path, report: dict, utts, rows, dropped) -> None:
              f"- decoding: {report['decoding']}; confidence: {report['config']['confidence']}; keep share "
              f"{report['config']['keep_share']:g}, min confidence "
              f"{'none' if report['config']['min_confidence'] is None else format(report['config']['min_confidence'], 'g')}",
+             *([f"- the LM's weights were tuned for {report['lm_tuned_for'].upper()}: for character targets "
+                "`lrl lm tune --metric cer` decodes with fewer character errors"]
+               if report.get("lm_tuned_for") not in (None, "cer") else []),
              f"- utterances in: {report['utterances_in']}; scored: {report['scored']}; kept: {report['kept']} "
              f"({report['kept_hours']:.3f} h)", "", "| dropped because | utterances |", "|---|---:|"]
-    if report.get("lm_tuned_for") not in (None, "cer"):
-        lines.insert(3, f"- the LM's weights were tuned for {report['lm_tuned_for'].upper()}: for character targets "
-                        "`lrl lm tune --metric cer` decodes with fewer character errors")
     lines += [f"| {k} | {v} |" for k, v in report["dropped"].items()] or ["| (none) | 0 |"]
     if rk := report.get("confidence_ranking"):
         lines += ["", f"Confidence ranking on {rk['data']} [{rk['split']}] ({rk['utterances']} utterances, "
@@ -360,16 +360,13 @@ def _write_report(directory: Path, report: dict, utts, rows, dropped) -> None:
     atomic_write_text(directory / UTTERANCES_FILE, "\n".join(body) + "\n")
 
 
-def measure_confidences(model_dir: str | Path, data_dir: str | Path, split: str = "dev", use_lm: bool = True,
-                        config=None) -> dict:
-    """On a labelled split: each candidate confidence's Spearman correlation with the utterances' true CER
-    (the more negative, the better it ranks), plus the per-utterance rows. For choosing `confidence`.
-    `config`: the EvaluateConfig the log-probs are computed with (default: `split`'s, cached in DATA)."""
+def measure_confidences(model_dir: str | Path, data_dir: str | Path, config, use_lm: bool = True) -> dict:
+    """On a labelled split (`config`: the EvaluateConfig its log-probs are computed with, cached in DATA): each
+    candidate confidence's Spearman correlation with the utterances' true CER (the more negative, the better
+    it ranks), plus the per-utterance rows. For choosing `confidence`."""
     from lrl.evaluate.confidence import char_error_rate, spearman
     from lrl.evaluate.inference import load_decoder, split_log_probs
-    from lrl.evaluate.scoring import EvaluateConfig
 
-    config = config or EvaluateConfig(split=split)
     split = config.split
     s = split_log_probs(model_dir, data_dir, config)
     with load_decoder(model_dir, use_lm=use_lm) as decoder:

@@ -24,6 +24,7 @@ from lrl.evaluate.scoring import EvaluateConfig, score
 
 Metric = Literal["wer", "cer"]
 METRICS: tuple[Metric, ...] = get_args(Metric)
+OTHER: dict[str, Metric] = {"wer": "cer", "cer": "wer"}  # the metric that breaks ties of the tuned one
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class TunePoint:
     def score(self, metric: Metric) -> float:
         return self.wer if metric == "wer" else self.cer
 
+    def rank(self, metric: Metric) -> tuple[float, float]:
+        """Sort key: the tuned metric, then the other (rounded, so float noise never decides)."""
+        return round(self.score(metric), 9), round(self.score(OTHER[metric]), 9)
+
 
 @dataclass
 class TuneResult:
@@ -89,6 +94,9 @@ class TuneResult:
     seconds: float = 0.0  # wall time of the whole search
     greedy_cer: float = float("nan")
     metric: Metric = "wer"  # what `best` minimises
+
+    def greedy(self, metric: Metric) -> float:
+        return self.greedy_wer if metric == "wer" else self.greedy_cer
 
     def grid(self, points: list[TunePoint]) -> tuple[list[float], list[float], np.ndarray]:
         alphas = sorted({p.alpha for p in points})
@@ -115,9 +123,7 @@ def _tune_point(args: tuple) -> TunePoint:
 
 
 def _best(points: list[TunePoint], metric: Metric = "wer") -> TunePoint:
-    other: Metric = "cer" if metric == "wer" else "wer"
-    return min(points, key=lambda p: (round(p.score(metric), 9), round(p.score(other), 9),
-                                      abs(p.alpha - 0.5) + abs(p.beta - 1.5)))
+    return min(points, key=lambda p: (*p.rank(metric), abs(p.alpha - 0.5) + abs(p.beta - 1.5)))
 
 
 def tune_grid(decoder, logps: list[np.ndarray], refs: list[str], config: TuneConfig | None = None,
@@ -215,7 +221,7 @@ def plot_heatmap(result: TuneResult, path: str | Path, title: str = "") -> Path:
             ax.plot(c + 0.32, r + 0.3, marker="*", color="red", markersize=12, markeredgecolor="white")
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=8, frameon=False)
         fig.colorbar(im, ax=ax, label=f"{name_m} %")
-    greedy = result.greedy_wer if metric == "wer" else result.greedy_cer
+    greedy = result.greedy(metric)
     fig.suptitle(title or (f"{name_m}: greedy {greedy:.1%} | defaults ({DEFAULT_ALPHA:g}, {DEFAULT_BETA:g}) "
                            f"{result.default.score(metric):.1%} | best {result.best.score(metric):.1%} at "
                            f"alpha={result.best.alpha:g}, beta={result.best.beta:g}, "
@@ -260,9 +266,7 @@ def tune(model_dir: str | Path, data_dir: str | Path, lm: str | Path | Sequence[
         decoder = load_decoder(model_dir, lm=one, workers=config.workers)
         results.append((tune_grid(decoder, [logps.logps[i] for i in keep], [norm(logps.refs[i]) for i in keep],
                                   config, norm), decoder))
-    other: Metric = "cer" if config.metric == "wer" else "wer"
-    result, decoder = min(results, key=lambda rd: (round(rd[0].best.score(config.metric), 9),
-                                                   round(rd[0].best.score(other), 9)))
+    result, decoder = min(results, key=lambda rd: rd[0].best.rank(config.metric))
     lm_source = decoder.lm_path
     out = model_dir / f"tune-{split}"
     candidates = [{"lm": r.lm, "backend": r.backend, "alpha": r.best.alpha, "beta": r.best.beta,
