@@ -22,8 +22,7 @@ SELF = ROOT / "bench" / "_work" / "selftrain"
 LRL = [sys.executable, "-m", "lrl"]
 sys.path.insert(0, str(ROOT / "bench"))
 from labels import run  # noqa: E402  (run a command, its output to a log, wall seconds)
-
-GRID = ["--alphas", "0,0.5,1,1.5,2", "--betas=-1,0,1,2,3", "--beam-widths", "32,64"]  # bench/selftrain's grid
+from selftrain import TUNE_GRID as GRID  # noqa: E402  (the grid bench/selftrain tunes every model on)
 
 
 def main() -> None:

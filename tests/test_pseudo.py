@@ -182,6 +182,13 @@ def test_pseudo_label_writes_a_loadable_dataset_that_trains_via_extra_data(tiny_
     assert saved["data"]["extra_path"] == str(out)
 
 
+def _utterance_rows(out) -> list[dict]:
+    """OUT/pseudo_utterances.tsv as dicts (every value a string)."""
+    lines = (out / "pseudo_utterances.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    return [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]]
+
+
 def test_confidence_auto_measures_on_labelled_data_and_keeps_by_its_choice(tiny_data, tiny_model, tmp_path, cli):
     out = tmp_path / "pseudo"
     r = cli("pseudo-label", tiny_model, tiny_data, "--out", out, "--split", "train", "--keep-share", "0.5",
@@ -195,9 +202,7 @@ def test_confidence_auto_measures_on_labelled_data_and_keeps_by_its_choice(tiny_
     assert rk["chosen"] == (rk["best"] or PseudoLabelConfig.confidence) == report["config"]["confidence"]
     assert f"keeping by {rk['chosen']}" in r.output and rk["chosen"] in (out / "pseudo_report.md").read_text()
     # the kept rows are the top half by the chosen confidence, and carry its value
-    lines = (out / "pseudo_utterances.tsv").read_text().splitlines()
-    head = lines[0].split("\t")
-    rows = [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]]
+    rows = _utterance_rows(out)
     kept = [r for r in rows if r["kept"] == "true"]
     scored = [float(r[rk["chosen"]]) for r in rows if r["reason"] != "empty_transcript"]
     assert all(float(r[rk["chosen"]]) >= sorted(scored, reverse=True)[len(kept) - 1] for r in kept)
@@ -231,10 +236,7 @@ def test_confidence_auto_keeps_by_the_measured_winner(tiny_data, tiny_model, tmp
     report = json.loads((out / "pseudo_report.json").read_text())
     assert report["confidence_ranking"]["chosen"] == "beam" == report["config"]["confidence"]
     assert report["confidence_ranking"]["spearman"]["agreement"] is None  # NaN is no JSON number
-    lines = (out / "pseudo_utterances.tsv").read_text().splitlines()
-    head = lines[0].split("\t")
-    beam = {row["id"]: float(row["beam"]) for row in (dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:])
-            if row["kept"] == "true"}
+    beam = {row["id"]: float(row["beam"]) for row in _utterance_rows(out) if row["kept"] == "true"}
     ds = datasets.load_from_disk(str(out))["train"]
     assert beam and all(abs(c - beam[i]) <= 5e-5 for i, c in zip(ds["id"], ds["confidence"], strict=True))
     r = cli("pseudo-label", tiny_model, tiny_data, "--out", tmp_path / "given", "--split", "train",
